@@ -1,0 +1,28 @@
+# Two entry points for a fresh machine (see README): `make demo` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
+
+.PHONY: install demo test test-fast clean-demo
+
+$(STAMP): requirements.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -r requirements.txt
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+install: $(STAMP)
+
+# pretrain -> prune on the bundled digits data, offline, a few minutes on 2 CPU cores
+demo: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH bash scripts/demo.sh
+
+# the whole test suite (CPU, no downloads); `make test-fast` skips the end-to-end tests
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean-demo:
+	rm -rf runs/demo

@@ -1,0 +1,49 @@
+"""Shared fixtures: small models, tiny data folders, and helpers that run the stage scripts."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("BRIDGE_PROGRESS", "0")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+class TinyNet(nn.Module):
+    """Three convs and a classifier: enough layers for the first/last-layer rules of the pruners."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.conv3 = nn.Conv2d(16, 16, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        x = torch.relu(self.bn3(self.conv3(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.fixture
+def tiny_net():
+    torch.manual_seed(0)
+    return TinyNet()
+
+
+def run_script(script, args, cwd=None, check=True, timeout=600, env=None):
+    """Run a stage script through the shell, as a user would; returns the CompletedProcess."""
+    full_env = dict(os.environ, PYTHONPATH=ROOT, BRIDGE_PROGRESS="0", **(env or {}))
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=cwd or ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=full_env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc

@@ -1,0 +1,90 @@
+"""Checkpoints: weights_only round trips, atomic writes, published formats, clear errors."""
+import os
+
+import pytest
+import torch
+
+from models import model_loader
+from utils.checkpoints import (load_checkpoint, load_state_into, model_from_checkpoint, model_sparsity_of_state,
+                               save_checkpoint)
+from utils.errors import CheckpointError
+from utils.masks import add_masks, model_sparsity
+from utils.pruners import PRUNERS
+
+
+def _sparse_resnet20(amount=0.9):
+    torch.manual_seed(0)
+    model = add_masks(model_loader("resnet20"))
+    PRUNERS["glob"](model, amount)
+    return model
+
+
+def test_round_trip_with_weights_only(tmp_path):
+    model = _sparse_resnet20().to(memory_format=torch.channels_last)
+    path = tmp_path / "sub" / "resnet20_0.9.pth"
+    save_checkpoint(path, model, "resnet20", "CIFAR10", "prune_oneshot", {"lr": 3e-4, "oneshot": [0.9]},
+                    {"val_acc": 12.5, "test_acc": 11.0}, pruner="glob")
+    raw = torch.load(path, weights_only=True)
+    assert raw["model"] == "resnet20" and raw["stage"] == "prune_oneshot" and raw["pruner"] == "glob"
+    assert raw["metrics"] == {"val_acc": 12.5, "test_acc": 11.0}
+    assert raw["sparsity"] == pytest.approx(model_sparsity(model))
+    assert sorted(os.listdir(path.parent)) == ["resnet20_0.9.pth"]  # no temporary file left behind
+    loaded, ckpt = model_from_checkpoint(path, "resnet20", expect="sparse")
+    assert model_sparsity(loaded) == pytest.approx(raw["sparsity"])
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v)
+
+
+def test_published_formats_are_accepted(tmp_path):
+    sparse = _sparse_resnet20()
+    torch.save(sparse.state_dict(), tmp_path / "raw.pth")  # prune_unstructure.py's raw reparam state_dict
+    dense = model_loader("resnet20")
+    torch.save({"net": dense.state_dict(), "acc": 91.2, "epoch": 150}, tmp_path / "dense.pth")
+    torch.save({"epoch": 3, "reward": 0.01, "accuracy": 90.1, "model_state_dict": sparse.state_dict()},
+               tmp_path / "episode.pth")
+    m, c = model_from_checkpoint(tmp_path / "raw.pth", "resnet20", expect="sparse")
+    assert c["format"] == "published-raw" and model_sparsity(m) == pytest.approx(model_sparsity(sparse))
+    m, c = model_from_checkpoint(tmp_path / "dense.pth", "resnet20", expect="dense")
+    assert c["format"] == "published-dense" and c["metrics"]["val_acc"] == 91.2
+    m, c = model_from_checkpoint(tmp_path / "episode.pth", "resnet20")
+    assert c["format"] == "published-episode" and c["metrics"]["test_acc"] == 90.1
+
+
+def test_pickled_module_needs_trust(tmp_path):
+    torch.save(_sparse_resnet20(), tmp_path / "module.pth")
+    with pytest.raises(CheckpointError, match="trust_pickle"):
+        load_checkpoint(tmp_path / "module.pth")
+    ckpt = load_checkpoint(tmp_path / "module.pth", trust_pickle=True)
+    assert ckpt["format"] == "pickled-module" and model_sparsity_of_state(ckpt["state_dict"]) > 0.89
+
+
+def test_corrupt_and_missing_files_are_clear_errors(tmp_path):
+    path = tmp_path / "ck.pth"
+    save_checkpoint(path, model_loader("resnet20"), "resnet20", "CIFAR10", "pretrain")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pth")
+
+
+def test_wrong_model_and_wrong_kind_are_named(tmp_path):
+    save_checkpoint(tmp_path / "a.pth", model_loader("resnet20"), "resnet20", "CIFAR10", "pretrain")
+    with pytest.raises(CheckpointError, match="made for model 'resnet20'"):
+        model_from_checkpoint(tmp_path / "a.pth", "resnet32")
+    with pytest.raises(CheckpointError, match="dense checkpoint"):
+        model_from_checkpoint(tmp_path / "a.pth", "resnet20", expect="sparse")
+    torch.save(model_loader("resnet32").state_dict(), tmp_path / "b.pth")  # no model name recorded
+    with pytest.raises(CheckpointError, match="unexpected keys: layer1.3"):
+        model_from_checkpoint(tmp_path / "b.pth", "resnet20")
+    save_checkpoint(tmp_path / "c.pth", _sparse_resnet20(), "resnet20", "CIFAR10", "prune")
+    with pytest.raises(CheckpointError, match="pruned checkpoint"):
+        model_from_checkpoint(tmp_path / "c.pth", "resnet20", expect="dense")
+
+
+def test_load_state_into_adds_masks(tmp_path):
+    sparse = _sparse_resnet20()
+    fresh = model_loader("resnet20")
+    load_state_into(fresh, sparse.state_dict())
+    assert model_sparsity(fresh) == pytest.approx(model_sparsity(sparse))

@@ -1,0 +1,1 @@
+"""Small modules, one concept each, shared by every stage script."""

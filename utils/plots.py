@@ -1,0 +1,81 @@
+"""Figures written next to each stage's outputs (PNG, matplotlib's Agg backend, no display needed)."""
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _save(fig, path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _sparsity_axis(ax, sparsities):
+    """Logit scale spreads 0.9 / 0.99 / 0.999 evenly, which is where pruning curves live."""
+    finite = [s for s in sparsities if 0 < s < 1]
+    if finite and len(finite) == len(sparsities):
+        from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+        ax.set_xscale("logit")
+        lo, hi = min(finite), max(finite)
+        ticks = [t for t in (0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)
+                 if lo * 0.9 <= t <= 1 - (1 - hi) * 0.9] or [lo, hi]
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel("sparsity (fraction of prunable weights removed, logit scale)")
+
+
+def plot_accuracy_vs_sparsity(series, path, title="accuracy vs sparsity", ylabel="accuracy (%)", points=None,
+                              arrows=None):
+    """Lines of accuracy against sparsity.
+
+    series: {label: [(sparsity, accuracy), ...]} drawn as lines with markers;
+    points: {label: [(sparsity, accuracy), ...]} drawn as single markers (e.g. regrown models);
+    arrows: [((s0, a0), (s1, a1))] drawn from a start to an end point.
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    all_s = []
+    for label, pts in series.items():
+        pts = sorted(pts)
+        if not pts:
+            continue
+        xs, ys = zip(*pts)
+        all_s += xs
+        ax.plot(xs, ys, marker="o", ms=4, label=label)
+    for label, pts in (points or {}).items():
+        if pts:
+            xs, ys = zip(*pts)
+            all_s += xs
+            ax.scatter(xs, ys, marker="*", s=120, zorder=5, label=label)
+    for (s0, a0), (s1, a1) in arrows or []:
+        ax.annotate("", xy=(s1, a1), xytext=(s0, a0), arrowprops=dict(arrowstyle="->", color="0.3"))
+    _sparsity_axis(ax, all_s)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_training_curves(history, path, title="training"):
+    """Train/val accuracy and loss per epoch from a list of dicts with those keys."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ep = [h["epoch"] for h in history]
+    for key, ax in (("acc", ax1), ("loss", ax2)):
+        for split in ("train", "val"):
+            k = f"{split}_{key}"
+            if history and k in history[0]:
+                ax.plot(ep, [h[k] for h in history], label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    return _save(fig, path)

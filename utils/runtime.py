@@ -1,0 +1,114 @@
+"""Device, seeding and numeric-precision choices shared by all stages.
+
+The fastest correct training path differs per device: bf16 autocast with channels_last memory
+layout is about 2x faster than fp32 for CIFAR CNNs on both a modern x86 CPU and a CUDA GPU, so
+`--precision auto` picks it wherever the hardware supports bf16. `bench/` measures the ratio.
+"""
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from utils.errors import BridgeError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+PRECISION_CHOICES = ("auto", "fp32", "bf16")
+
+
+def resolve_device(name="auto"):
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a user error."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in DEVICE_CHOICES and not str(name).startswith("cuda:"):
+        raise BridgeError(f"unknown device {name!r}; valid: {', '.join(DEVICE_CHOICES)}")
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise BridgeError("--device cuda was requested but no CUDA GPU is available; use --device cpu")
+    return torch.device(name)
+
+
+def set_seed(seed):
+    """Seed every RNG the pipeline touches (Python, NumPy, torch CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def rng_state():
+    """All RNG states as weights_only-loadable objects, so a resumed run continues the same streams."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def cpu_supports_bf16():
+    """True when this CPU has native bf16 dot products or AVX-512 (where oneDNN's bf16 kernels win)."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16", "avx512f", "avx512bw"))
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a model runs: autocast dtype (None = fp32) and memory layout."""
+
+    dtype: object = None
+    channels_last: bool = False
+
+    @property
+    def name(self):
+        return ("bf16" if self.dtype is torch.bfloat16 else "fp32") + ("+channels_last" if self.channels_last else "")
+
+    def autocast(self, device):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=torch.device(device).type, dtype=self.dtype)
+
+
+def resolve_precision(name, device):
+    """'auto' -> bf16 + channels_last on CUDA (bf16-capable) and on CPUs with AVX-512/bf16; else fp32.
+
+    channels_last is kept with fp32 too: it never changed results and is faster for convolutions
+    on both devices.
+    """
+    device = torch.device(device)
+    env = os.environ.get("BRIDGE_PRECISION")
+    if name in (None, "auto") and env:
+        name = env
+    if name not in PRECISION_CHOICES:
+        raise BridgeError(f"unknown precision {name!r}; valid: {', '.join(PRECISION_CHOICES)}")
+    if name == "auto":
+        if device.type == "cuda":
+            name = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        else:
+            name = "bf16" if cpu_supports_bf16() else "fp32"
+    return Precision(dtype=torch.bfloat16 if name == "bf16" else None, channels_last=True)
+
+
+def to_device(model, device, precision):
+    """Move a model to the device and the memory layout the precision asks for."""
+    model = model.to(device)
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model

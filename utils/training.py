@@ -1,0 +1,163 @@
+"""Training loop: one epoch, evaluation, and a step-budgeted finetune with best-validation selection.
+
+Every stage trains through these functions, so the fast path (bf16 autocast + channels_last where
+`utils.runtime.resolve_precision` chooses it) and the safety checks (a NaN or infinite loss stops
+the run with `NonFiniteLossError`) apply everywhere. Model selection uses the validation loader;
+the test set is only ever reported.
+"""
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from utils.errors import NonFiniteLossError
+from utils.progress import bar, log
+from utils.runtime import Precision
+
+_CHECK_EVERY = 25  # steps between host-side NaN checks (each check is a device sync)
+
+
+def _prepare(x, y, device, precision):
+    x = x.to(device, non_blocking=True)
+    if precision.channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(device, non_blocking=True)
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    acc: float
+    steps: int
+    samples: int
+    seconds: float
+
+    @property
+    def images_per_s(self):
+        return self.samples / self.seconds if self.seconds > 0 else float("nan")
+
+
+def train_one_epoch(model, loader, optimizer, device, precision=Precision(), scheduler=None, max_steps=None,
+                    desc="train", after_step=None):
+    """One pass (or `max_steps` steps) over `loader`. `scheduler` is stepped per optimizer step.
+
+    `after_step(model)` runs after each optimizer step (e.g. to re-apply a constraint).
+    Returns EpochStats; raises NonFiniteLossError on a NaN/inf loss.
+    """
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    samples = steps = 0
+    t0 = time.perf_counter()
+    total = len(loader) if max_steps is None else min(len(loader), max_steps)
+    with bar(loader, total=total, desc=desc, leave=False, unit="batch") as it:
+        for x, y in it:
+            if max_steps is not None and steps >= max_steps:
+                break
+            x, y = _prepare(x, y, device, precision)
+            with precision.autocast(device):
+                out = model(x)
+                loss = F.cross_entropy(out, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            if after_step is not None:
+                after_step(model)
+            steps += 1
+            samples += y.numel()
+            loss_sum += loss.detach().float() * y.numel()
+            correct += (out.detach().argmax(1) == y).sum()
+            if steps % _CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
+                raise NonFiniteLossError(f"non-finite training loss at step {steps} of {desc}")
+    loss_avg = (loss_sum / max(samples, 1)).item()
+    if not math.isfinite(loss_avg):
+        raise NonFiniteLossError(f"non-finite training loss in {desc}")
+    return EpochStats(loss_avg, 100.0 * correct.item() / max(samples, 1), steps, samples, time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, precision=Precision(), max_batches=None):
+    """(accuracy %, mean cross-entropy) of `model` on `loader`, in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    n = 0
+    for i, (x, y) in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        x, y = _prepare(x, y, device, precision)
+        with precision.autocast(device):
+            out = model(x)
+        loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
+        correct += (out.argmax(1) == y).sum()
+        n += y.numel()
+    model.train(was_training)
+    if n == 0:
+        return float("nan"), float("nan")
+    return 100.0 * correct.item() / n, (loss_sum / n).item()
+
+
+def clone_state(model):
+    """A detached copy of the model's state_dict (parameters and buffers, masks included)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@dataclass
+class FinetuneResult:
+    best_val_acc: float
+    best_epoch: int
+    steps: int
+    epochs: int
+    seconds: float
+    history: list = field(default_factory=list)
+
+
+def finetune(model, train_loader, val_loader, optimizer, device, precision=Precision(), steps=None, epochs=None,
+             patience=None, scheduler=None, desc="finetune", verbose=True, after_step=None, initial_val_acc=None):
+    """Train for a step budget (or whole epochs), evaluating on `val_loader` after every (partial) epoch.
+
+    The state with the best validation accuracy (strictly better than any earlier one, starting
+    from `initial_val_acc` when given, i.e. the model as it came in) is loaded back at the end.
+    Stops early after `patience` evaluations without improvement. Returns a FinetuneResult.
+    """
+    if steps is None:
+        steps = (epochs or 1) * len(train_loader)
+    steps = int(steps)
+    t0 = time.perf_counter()
+    best_acc = -1.0 if initial_val_acc is None else float(initial_val_acc)
+    best_state = clone_state(model) if initial_val_acc is not None else None
+    best_epoch, done, epoch, stale = 0, 0, 0, 0
+    history = []
+    while done < steps:
+        epoch += 1
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch - 1)
+        stats = train_one_epoch(model, train_loader, optimizer, device, precision, scheduler,
+                                max_steps=steps - done, desc=f"{desc} ep{epoch}", after_step=after_step)
+        done += stats.steps
+        val_acc, val_loss = evaluate(model, val_loader, device, precision)
+        improved = val_acc > best_acc
+        if improved:
+            best_acc, best_epoch, best_state, stale = val_acc, epoch, clone_state(model), 0
+        else:
+            stale += 1
+        history.append({"epoch": epoch, "steps": done, "train_loss": stats.loss, "train_acc": stats.acc,
+                        "val_loss": val_loss, "val_acc": val_acc, "seconds": stats.seconds})
+        if verbose:
+            log(f"[{desc}] epoch {epoch} steps {done}/{steps} | train loss {stats.loss:.4f} acc {stats.acc:.2f} | "
+                f"val loss {val_loss:.4f} acc {val_acc:.2f}{' *' if improved else ''} | {stats.images_per_s:.0f} img/s")
+        if stats.steps == 0 or (patience is not None and stale >= patience):
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return FinetuneResult(best_acc, best_epoch, done, epoch, time.perf_counter() - t0, history)
+
+
+def adamw_finetune_optimizer(model, lr=3e-4, weight_decay=0.01):
+    """The published finetune optimizer: AdamW over all parameters (masked weight_orig entries included)."""
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
