@@ -79,3 +79,46 @@ def plot_training_curves(history, path, title="training"):
         ax.legend()
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def plot_search_curves(rows, path, title="regrowth search"):
+    """Reward (and best so far), val accuracy vs reference, and entropy / beta per episode."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    ep = [r["episode"] for r in rows]
+    axes[0].plot(ep, [r["reward"] for r in rows], ".", alpha=0.6, label="reward")
+    axes[0].plot(ep, [r["best_reward"] for r in rows], "-", label="best")
+    axes[0].set_ylabel("reward")
+    axes[1].plot(ep, [r["val_acc"] for r in rows], ".", alpha=0.6, label="val acc after mini-finetune")
+    axes[1].plot(ep, [r["reference_acc"] for r in rows], "-", label="reference")
+    axes[1].set_ylabel("accuracy (%)")
+    if rows and "entropy" in rows[0]:
+        axes[2].plot(ep, [r["entropy"] for r in rows], label="policy entropy")
+        axes[2].plot(ep, [r["beta"] for r in rows], label="entropy weight beta")
+    else:
+        axes[2].text(0.5, 0.5, "no controller (fixed allocator)", ha="center", va="center", transform=axes[2].transAxes)
+    for ax in axes:
+        ax.set_xlabel("episode")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_allocation(names, allocation, capacities, ssim, path, title="allocation"):
+    """Per search layer: capacity and regrown count (log scale bars) with the layer's SSIM on a twin axis."""
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(names) + 2), 4))
+    x = list(range(len(names)))
+    ax.bar(x, [capacities[n] for n in names], color="0.85", label="capacity (pruned weights)")
+    ax.bar(x, [allocation.get(n, 0) for n in names], color="tab:blue", label="regrown")
+    ax.set_yscale("symlog")
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=70, ha="right", fontsize=7)
+    ax.set_ylabel("weights")
+    ax2 = ax.twinx()
+    ax2.plot(x, [ssim.get(n, float("nan")) for n in names], "o-", color="tab:red", label="SSIM")
+    ax2.set_ylabel("SSIM (dense vs sparse)")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper right")
+    ax.set_title(title + " (layers in search order: ascending SSIM)")
+    return _save(fig, path)

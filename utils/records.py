@@ -61,3 +61,26 @@ def write_json(path, obj):
         json.dump(obj, fh, indent=2, sort_keys=True)
     os.replace(tmp, path)
     return path
+
+
+class WandbLog:
+    """Optional Weights & Biases mirror of the run logs (only with --wandb; imported lazily)."""
+
+    def __init__(self, enabled, project, name, config):
+        self.run = None
+        if enabled:
+            try:
+                import wandb
+            except ImportError as exc:
+                from utils.errors import BridgeError
+
+                raise BridgeError("--wandb needs the wandb package (pip install wandb)") from exc
+            self.run = wandb.init(project=project, name=name, config=config)
+
+    def log(self, row):
+        if self.run is not None:
+            self.run.log({k: v for k, v in row.items() if isinstance(v, (int, float))})
+
+    def finish(self):
+        if self.run is not None:
+            self.run.finish()

@@ -1,0 +1,111 @@
+"""Training throughput: the project's loop (utils.training + --precision auto) vs a plain fp32 loop.
+
+Both loops run the same model on the same in-memory batches, interleaved (plain, ours, plain, ours,
+...) so that machine drift hits both alike; the median images/s of each is reported with the ratio.
+`--accuracy_epochs N` also trains resnet20 for N epochs both ways on a CIFAR-10 subset (or digits)
+and prints the val accuracy each reaches, to show the fast path loses no accuracy.
+
+    python bench/train_throughput.py --models resnet20 vgg16
+    python bench/train_throughput.py --models resnet20 --accuracy_epochs 5 --data_dir data
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from models import model_loader  # noqa: E402
+from utils.runtime import Precision, resolve_precision, set_seed, to_device  # noqa: E402
+from utils.training import train_one_epoch  # noqa: E402
+
+
+def plain_steps(model, batches, lr=0.1):
+    """The reference: fp32, default memory layout, a textbook SGD loop."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    model.train()
+    t0 = time.perf_counter()
+    for x, y in batches:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return sum(len(y) for _, y in batches) / (time.perf_counter() - t0)
+
+
+def project_steps(model, batches, precision, device):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    return train_one_epoch(model, batches, opt, device, precision).images_per_s
+
+
+def throughput(m_name, batch_size, steps, repeats, device):
+    precision = resolve_precision("auto", device)
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(batch_size, 3, 32, 32, generator=g), torch.randint(0, 10, (batch_size,), generator=g))
+               for _ in range(steps)]
+    plain = model_loader(m_name).to(device)
+    ours = to_device(model_loader(m_name), device, precision)
+    plain_steps(plain, batches[:2])  # warm-up (allocators, oneDNN primitive caches)
+    project_steps(ours, batches[:2], precision, device)
+    a, b = [], []
+    for _ in range(repeats):
+        a.append(plain_steps(plain, batches))
+        b.append(project_steps(ours, batches, precision, device))
+    return statistics.median(a), statistics.median(b), precision.name
+
+
+def accuracy_both_ways(epochs, data_dir, train_limit, device):
+    from data.data_loader import data_loader
+    from utils.training import evaluate
+
+    have_cifar = os.path.isdir(os.path.join(data_dir, "cifar10"))
+    data = data_loader(data_dir, dataset="CIFAR10" if have_cifar else "digits", device=device,
+                       train_limit=train_limit, download=False)
+    rows = []
+    for prec in (Precision(), resolve_precision("auto", device)):
+        set_seed(0)
+        model = to_device(model_loader("resnet20"), device, prec)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+        t0 = time.perf_counter()
+        for e in range(epochs):
+            data.train.set_epoch(e)
+            train_one_epoch(model, data.train, opt, device, prec)
+            sched.step()
+        secs = time.perf_counter() - t0
+        val_fp32 = evaluate(model, data.val, device, Precision())[0]
+        val_same = evaluate(model, data.val, device, prec)[0]
+        rows.append((prec.name, secs, val_fp32, val_same))
+    return data.describe(), rows
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["resnet20", "vgg16"])
+    p.add_argument("--batch_size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=8, help="training steps per timed repeat")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--accuracy_epochs", type=int, default=0)
+    p.add_argument("--train_limit", type=int, default=10000)
+    p.add_argument("--data_dir", default="data")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, batch {args.batch_size}")
+    print(f"{'model':<10} {'plain fp32 img/s':>17} {'ours img/s':>11} {'ours path':>22} {'speed-up':>9}")
+    for m in args.models:
+        a, b, name = throughput(m, args.batch_size, args.steps, args.repeats, device)
+        print(f"{m:<10} {a:>17.0f} {b:>11.0f} {name:>22} {b / a:>8.2f}x", flush=True)
+    if args.accuracy_epochs:
+        desc, rows = accuracy_both_ways(args.accuracy_epochs, args.data_dir, args.train_limit, device)
+        print(f"\nresnet20, {args.accuracy_epochs} epochs, {desc}")
+        print(f"{'path':<22} {'train s':>8} {'val acc (fp32 eval)':>20} {'val acc (same path)':>20}")
+        for name, secs, v32, vs in rows:
+            print(f"{name:<22} {secs:>8.0f} {v32:>20.2f} {vs:>20.2f}")
+
+
+if __name__ == "__main__":
+    main()

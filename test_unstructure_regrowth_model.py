@@ -1,0 +1,132 @@
+"""Evaluate one checkpoint or a folder of them: accuracy, sparsity and cost.
+
+For each checkpoint: test and val accuracy, global and per-layer sparsity, non-zero parameters,
+dense and non-zero MACs (multiply-accumulates per image). Prints a table and writes a CSV
+(--csv; default next to the checkpoint, or evaluation.csv in the folder). For a folder it also
+plots accuracy against sparsity: pruning checkpoints form the curve and regrown checkpoints are
+drawn as points, with an arrow from the sparse model each one started from.
+
+    python test_unstructure_regrowth_model.py --model_path resnet20/oneshot/resnet20_0.98.pth
+    python test_unstructure_regrowth_model.py --model_path rl_saliency_oneshot/resnet20 --baseline_dir resnet20/oneshot
+"""
+import argparse
+import glob
+import os
+
+from models import model_spec
+from utils import cli
+from utils.checkpoints import load_checkpoint, model_from_checkpoint
+from utils.errors import BridgeError
+from utils.masks import format_layer_table, layer_table, model_sparsity
+from utils.metrics import model_cost
+from utils.plots import plot_accuracy_vs_sparsity
+from utils.progress import log
+from utils.records import write_csv
+from utils.runtime import resolve_device, resolve_precision, set_seed, to_device
+from utils.training import evaluate
+
+SKIP_STAGES = ("pretrain_state", "search_state")
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser("test_unstructure_regrowth_model.py", description="Accuracy, sparsity and cost of checkpoints")
+    p.add_argument("--model_path", required=True, help="a checkpoint file, or a folder searched recursively")
+    p.add_argument("--m_name", default=None, help="model name (default: the one recorded in the checkpoint)")
+    p.add_argument("--baseline_dir", default=None, help="extra folder of pruning checkpoints to draw as the curve")
+    p.add_argument("--csv", default=None, help="CSV output path")
+    p.add_argument("--per_layer", action="store_true", help="print the per-layer sparsity table of every checkpoint")
+    p.add_argument("--no_eval", action="store_true", help="skip accuracy (sparsity and cost only; no data needed)")
+    p.add_argument("--trust_pickle", action="store_true", help="allow reading pickled published checkpoints")
+    cli.add_data_args(p)
+    cli.add_runtime_args(p)
+    return p
+
+
+def find_checkpoints(path):
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise BridgeError(f"--model_path not found: {path}")
+    files = sorted(p for p in glob.glob(os.path.join(path, "**", "*.pth"), recursive=True)
+                   if not os.path.basename(p).startswith((".tmp", "search_", "last.pth")))
+    if not files:
+        raise BridgeError(f"no .pth checkpoint under {path}")
+    return files
+
+
+def kind_of(stage):
+    stage = stage or ""
+    if stage.startswith("regrowth"):
+        return "regrown"
+    if stage.startswith("prune"):
+        return "pruned"
+    return "dense" if stage == "pretrain" else "other"
+
+
+def main(args):
+    cli.print_args(args, "test_unstructure_regrowth_model.py")
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    set_seed(args.seed)
+    files = find_checkpoints(args.model_path)
+    extra = find_checkpoints(args.baseline_dir) if args.baseline_dir else []
+    data, rows = None, []
+    for path in files + [f for f in extra if f not in files]:
+        meta = load_checkpoint(path, trust_pickle=args.trust_pickle)
+        if meta.get("stage") in SKIP_STAGES:
+            continue
+        m_name = args.m_name or meta.get("model")
+        if m_name is None:
+            raise BridgeError(f"{path} does not record its model; pass --m_name")
+        model, ckpt = model_from_checkpoint(path, m_name, trust_pickle=args.trust_pickle)
+        model = to_device(model, device, precision)
+        if data is None and not args.no_eval:
+            data = cli.build_data(argparse.Namespace(**{**vars(args), "m_name": m_name}), device)
+            log(data.describe())
+        cost = model_cost(model, model_spec(m_name).input_size, device)
+        row = {"file": path, "model": m_name, "stage": ckpt.get("stage"), "kind": kind_of(ckpt.get("stage")),
+               "sparsity": model_sparsity(model), **cost}
+        if not args.no_eval:
+            row["test_acc"], row["test_loss"] = evaluate(model, data.test, device, precision)
+            row["val_acc"], _ = evaluate(model, data.val, device, precision)
+        start = ckpt.get("start_sparsity"), (ckpt.get("start_metrics") or {})
+        if start[0] is not None:
+            row["start_sparsity"] = start[0]
+            row["start_val_acc"] = start[1].get("val_acc")
+            row["start_test_acc"] = start[1].get("test_acc")
+        row["in_folder"] = path in files
+        rows.append(row)
+        if args.per_layer or len(files) == 1:
+            log(f"\n{path}\n" + format_layer_table(layer_table(model)))
+    if not rows:
+        raise BridgeError(f"no model checkpoint under {args.model_path}")
+
+    header = f"{'file':<60} {'sparsity':>9} {'nonzero':>10} {'MACs (M)':>9} {'nz MACs (M)':>11} {'val':>6} {'test':>6}"
+    lines = [header]
+    for r in rows:
+        name = r["file"] if len(r["file"]) <= 60 else "..." + r["file"][-57:]
+        lines.append(f"{name:<60} {r['sparsity']:>9.4f} {r['nonzero_params']:>10,} {r['macs'] / 1e6:>9.2f} "
+                     f"{r['nonzero_macs'] / 1e6:>11.2f} {r.get('val_acc', float('nan')):>6.2f} "
+                     f"{r.get('test_acc', float('nan')):>6.2f}")
+    log("\n" + "\n".join(lines))
+    base = args.model_path if os.path.isdir(args.model_path) else os.path.splitext(args.model_path)[0]
+    csv_path = args.csv or (os.path.join(base, "evaluation.csv") if os.path.isdir(args.model_path)
+                            else base + "_evaluation.csv")
+    write_csv(csv_path, rows)
+    log(f"wrote {csv_path}")
+    if os.path.isdir(args.model_path) and not args.no_eval:
+        curve = [(r["sparsity"], r["test_acc"]) for r in rows if r["kind"] == "pruned"]
+        regrown = [r for r in rows if r["kind"] == "regrown"]
+        arrows = [((r["start_sparsity"], r["start_test_acc"]), (r["sparsity"], r["test_acc"]))
+                  for r in regrown if r.get("start_test_acc") is not None]
+        png = plot_accuracy_vs_sparsity({"pruning (test)": curve} if curve else {},
+                                        os.path.join(base, "accuracy_vs_sparsity.png"),
+                                        f"{rows[0]['model']}: test accuracy vs sparsity",
+                                        points={"regrown (test)": [(r["sparsity"], r["test_acc"]) for r in regrown]},
+                                        arrows=arrows)
+        log(f"wrote {png}")
+    return rows
+
+
+if __name__ == "__main__":
+    cli.run(main, get_args_parser())

@@ -1,0 +1,250 @@
+"""The regrowth search: evaluate allocations (episodes) and learn which one to keep.
+
+`RegrowthEnv` turns an allocation into a reward: it loads the sparse starting state into one
+preallocated working model (no deep copies), regrows by saliency, mini-finetunes (AdamW 3e-4, wd 0.01,
+best validation state kept, as the published per-episode finetune but selected on validation
+instead of test), and scores
+
+    reward = (val acc after mini-finetune - reference acc) / 100 + budget_bonus * usage
+
+where the reference is the sparse model's val accuracy (one-shot) or the pruning curve interpolated
+at the new sparsity (iterative), and usage = regrown / budget.
+
+`run_search` drives the episodes for any allocator: the RL controller (REINFORCE updates, early
+stopping), `random` (random search over the same number of episodes) or a deterministic allocator
+(one episode). It logs one JSON row per episode, keeps the best episode's states, and writes a
+resumable state file after every episode so `--resume` continues exactly where a run stopped.
+Every episode uses the same mini-finetune data order and seeds (so rewards differ by allocation,
+not by luck of the batch order), and its random init draws come from (seed, episode).
+"""
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from utils.allocators import allocate
+from utils.checkpoints import atomic_torch_save, load_checkpoint
+from utils.controller import Reinforce, sample_allocation
+from utils.errors import BridgeError
+from utils.masks import count_pruned_params
+from utils.progress import bar, log
+from utils.records import append_jsonl, read_jsonl, write_jsonl
+from utils.regrowth import apply_allocation
+from utils.runtime import rng_state, set_rng_state, set_seed
+from utils.training import adamw_finetune_optimizer, clone_state, evaluate, finetune
+
+
+@dataclass
+class EpisodeResult:
+    reward: float
+    val_acc: float
+    reference_acc: float
+    sparsity: float
+    regrown: int
+    usage: float
+    allocation: dict
+    timings: dict = field(default_factory=dict)
+    pre_state: dict = None    # regrown, before the mini-finetune (CPU)
+    post_state: dict = None   # after the mini-finetune, best validation epoch (CPU)
+
+
+def cpu_clone(state):
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+
+
+def init_generator(seed, episode):
+    """Generator for the random init draws of one episode (kaiming / xavier)."""
+    return torch.Generator().manual_seed(int(seed) * 100_003 + int(episode))
+
+
+class RegrowthEnv:
+    """Scores allocations on a preallocated working model (see module docstring)."""
+
+    def __init__(self, work_model, start_state, saliency, reference_weights, init, data, device, precision,
+                 mini_steps, reference_fn, budget_bonus, total_weights, seed, lr=3e-4, weight_decay=0.01,
+                 keep_states=True):
+        self.model, self.start_state = work_model, start_state
+        self.saliency, self.reference_weights, self.init = saliency, reference_weights, init
+        self.data, self.device, self.precision = data, device, precision
+        self.mini_steps, self.reference_fn, self.budget_bonus = int(mini_steps), reference_fn, budget_bonus
+        self.total_weights, self.seed, self.lr, self.weight_decay = total_weights, seed, lr, weight_decay
+        self.keep_states = keep_states
+
+    def reset(self):
+        self.model.load_state_dict(self.start_state)
+
+    def regrow(self, allocation, episode):
+        """Start state + regrowth of `allocation` in the working model; returns {layer: flat indices}."""
+        self.reset()
+        return apply_allocation(self.model, allocation, self.saliency, self.init, self.reference_weights,
+                                init_generator(self.seed, episode))
+
+    def evaluate(self, allocation, budget, episode):
+        t0 = time.perf_counter()
+        regrown_idx = self.regrow(allocation, episode)
+        regrown = sum(int(v.numel()) for v in regrown_idx.values())
+        pre = cpu_clone(self.model.state_dict()) if self.keep_states else None
+        t1 = time.perf_counter()
+        set_seed(self.seed)  # same dropout / data order in every episode
+        opt = adamw_finetune_optimizer(self.model, self.lr, self.weight_decay)
+        res = finetune(self.model, self.data.train, self.data.val, opt, self.device, self.precision,
+                       steps=self.mini_steps, verbose=False, desc=f"episode {episode + 1}")
+        t2 = time.perf_counter()
+        _, surviving, pruned = count_pruned_params(self.model)
+        sparsity = pruned / (surviving + pruned)
+        ref = self.reference_fn(sparsity)
+        usage = regrown / max(budget, 1)
+        reward = (res.best_val_acc - ref) / 100.0 + self.budget_bonus * usage
+        post = cpu_clone(self.model.state_dict()) if self.keep_states else None
+        train_s = sum(h["seconds"] for h in res.history)
+        timings = {"regrow_s": t1 - t0, "finetune_train_s": train_s, "finetune_eval_s": (t2 - t1) - train_s,
+                   "episode_s": time.perf_counter() - t0}
+        return EpisodeResult(reward, res.best_val_acc, ref, sparsity, regrown, usage, dict(allocation), timings,
+                             pre, post)
+
+
+@dataclass
+class SearchConfig:
+    allocator: str = "rl"
+    num_episodes: int = 400
+    budget: int = None                 # one-shot: fixed budget
+    budget_options: list = None        # iterative: fractions of total_weights
+    position: str = "oneshot"          # controller position context
+    guard_layer: str = None
+    seed: int = 42
+
+
+@dataclass
+class SearchOutcome:
+    best: EpisodeResult
+    best_episode: int
+    episodes: int
+    stop_reason: str
+    seconds: float
+    rows: list
+
+    def best_row(self):
+        """The log row of the best episode ({} if the log does not hold it)."""
+        return next((r for r in self.rows if r["episode"] == self.best_episode + 1), {})
+
+
+def _row(episode, sample_info, result, update):
+    row = {"episode": episode + 1, "reward": result.reward, "val_acc": result.val_acc,
+           "reference_acc": result.reference_acc, "improvement_pp": result.val_acc - result.reference_acc,
+           "sparsity": result.sparsity, "regrown": result.regrown, "usage": result.usage,
+           "allocation": result.allocation, **sample_info, **result.timings}
+    if update:
+        row.update({k: update[k] for k in ("loss", "entropy", "beta")})
+        row["advantage"] = update["advantages"][0]
+    return row
+
+
+def run_search(env, names, ssim, capacities, cfg, reinforce=None, out_dir=None, resume=False, on_best=None,
+               on_episode=None, tag="search"):
+    """Run the episodes (see module docstring). Returns a SearchOutcome.
+
+    on_best(episode, result): called when an episode sets a new best reward (save checkpoints there).
+    on_episode(episode, result): called after every episode (e.g. baseline-exceeded checkpoints).
+    """
+    state_path = os.path.join(out_dir, "search_state.pth") if out_dir else None
+    best_path = os.path.join(out_dir, "search_best_states.pth") if out_dir else None
+    log_path = os.path.join(out_dir, "episodes.jsonl") if out_dir else None
+    policy_gen = torch.Generator().manual_seed(cfg.seed)
+    deterministic = cfg.allocator not in ("rl", "random")
+    num_episodes = 1 if deterministic else cfg.num_episodes
+    start, best, best_ep, rows, elapsed = 0, None, -1, [], 0.0
+    if resume and state_path and os.path.isfile(state_path):
+        st = load_checkpoint(state_path)
+        if st.get("allocator") != cfg.allocator or st.get("names") != list(names):
+            raise BridgeError(f"{state_path} belongs to a different search (allocator or search layers differ); "
+                              "remove it or drop --resume")
+        start, best_ep, elapsed = st["next_episode"], st["best_episode"], st["elapsed"]
+        policy_gen.set_state(st["policy_generator"])
+        if reinforce is not None:
+            reinforce.load_state_dict(st["reinforce"])
+        if st.get("best") is not None:
+            best = EpisodeResult(**st["best"])
+            stored = load_checkpoint(best_path) if os.path.isfile(best_path) else {}
+            if stored.get("episode") == best_ep:  # else the states are rebuilt by rerun_episode()
+                best.pre_state, best.post_state = stored["pre_state"], stored["post_state"]
+        rows = [r for r in read_jsonl(log_path) if r["episode"] <= start]
+        write_jsonl(log_path, rows)
+        set_rng_state(st["rng"])
+        log(f"[{tag}] resumed at episode {start + 1} (best reward {best.reward if best else float('nan'):+.4f})")
+    elif resume and state_path:
+        raise BridgeError(f"--resume: nothing to resume, {state_path} does not exist")
+    elif log_path and os.path.isfile(log_path):
+        os.remove(log_path)  # a fresh search starts a fresh log
+
+    total_budget = cfg.budget
+    t_start = time.perf_counter()
+    stop_reason = "episode limit reached"
+    episodes = bar(range(start, num_episodes), desc=tag, unit="episode", initial=start, total=num_episodes)
+    last = start - 1
+    for e in episodes:
+        if cfg.allocator == "rl":
+            sample = sample_allocation(reinforce.agent, names, capacities, budget=cfg.budget,
+                                       budget_options=cfg.budget_options, total_weights=env.total_weights,
+                                       generator=policy_gen, position=cfg.position, guard_layer=cfg.guard_layer)
+            allocation, budget = sample.allocation, sample.budget
+            info = {"budget": budget, "budget_frac": sample.budget_frac, "actions": sample.actions}
+        else:
+            if cfg.budget_options is not None:  # iterative non-RL: the largest budget option
+                budget = max(1, min(int(env.total_weights * max(cfg.budget_options)), sum(capacities.values())))
+            else:
+                budget = total_budget
+            allocation = allocate(cfg.allocator, names, ssim, capacities, budget, policy_gen)
+            info = {"budget": budget}
+        result = env.evaluate(allocation, budget, e)
+        update = reinforce.update([sample], [result.reward], e) if cfg.allocator == "rl" else None
+        if best is None or result.reward > best.reward:
+            best, best_ep = result, e
+            if best_path and env.keep_states:
+                atomic_torch_save({"episode": e, "pre_state": result.pre_state, "post_state": result.post_state},
+                                  best_path)
+            if on_best:
+                on_best(e, result)
+        if on_episode:
+            on_episode(e, result)
+        row = _row(e, info, result, update)
+        row["best_reward"] = best.reward
+        rows.append(row)
+        if log_path:
+            append_jsonl(log_path, row)
+        log(f"[{tag}] ep {e + 1}/{num_episodes} | val {result.val_acc:.2f} vs ref {result.reference_acc:.2f} "
+            f"({result.val_acc - result.reference_acc:+.2f} pp) | used {result.regrown}/{budget} | "
+            f"reward {result.reward:+.4f} | best {best.reward:+.4f} (ep {best_ep + 1})"
+            + (f" | H {update['entropy']:.3f} β {update['beta']:.3f}" if update else "")
+            + f" | {result.timings['episode_s']:.1f} s")
+        last = e
+        if state_path:
+            best_dict = {k: getattr(best, k) for k in best.__dataclass_fields__ if not k.endswith("_state")}
+            atomic_torch_save({"format": "bridge-v1", "stage": "search_state", "allocator": cfg.allocator,
+                               "names": list(names), "next_episode": e + 1, "best_episode": best_ep,
+                               "best": best_dict, "policy_generator": policy_gen.get_state(),
+                               "reinforce": reinforce.state_dict() if reinforce else None, "rng": rng_state(),
+                               "elapsed": elapsed + time.perf_counter() - t_start}, state_path)
+        if reinforce is not None:
+            reason = reinforce.stop_reason(e)
+            if reason:
+                stop_reason = reason
+                break
+    episodes.close()
+    if best is None:
+        raise BridgeError("the search ran no episode")
+    return SearchOutcome(best, best_ep, last + 1, stop_reason, elapsed + time.perf_counter() - t_start, rows)
+
+
+def ensure_best_states(env, outcome, budget=None):
+    """Rebuild the best episode's states if a resumed search could not load them (deterministic rerun)."""
+    best = outcome.best
+    if best.pre_state is None or best.post_state is None:
+        again = env.evaluate(best.allocation, budget or max(best.regrown, 1), outcome.best_episode)
+        best.pre_state, best.post_state = again.pre_state, again.post_state
+    return best
+
+
+def search_seconds_per_episode(rows):
+    return sum(r["episode_s"] for r in rows) / len(rows) if rows else math.nan
