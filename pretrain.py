@@ -17,7 +17,7 @@ import torch
 
 from models import MODEL_NAMES, canonical_model_name, model_loader
 from utils import cli
-from utils.checkpoints import atomic_torch_save, load_checkpoint, load_state_into, save_checkpoint
+from utils.checkpoints import atomic_torch_save, load_checkpoint, load_state_file, load_state_into, save_checkpoint
 from utils.errors import BridgeError, CheckpointError
 from utils.plots import plot_training_curves
 from utils.progress import bar, log
@@ -67,7 +67,7 @@ def main(args):
     if args.resume:
         if not os.path.isfile(last_path):
             raise BridgeError(f"--resume: nothing to resume, {last_path} does not exist")
-        state = load_checkpoint(last_path)
+        state = load_state_file(last_path)
         if state.get("model") != args.m_name:
             raise CheckpointError(f"{last_path} belongs to model {state.get('model')!r}, not {args.m_name!r}")
         load_state_into(model, state["state_dict"], last_path)

@@ -122,6 +122,18 @@ def load_checkpoint(path, map_location="cpu", trust_pickle=False):
     return normalise_checkpoint(obj, path)
 
 
+def load_state_file(path):
+    """A run-state file of this project (resume state, search state): a plain weights_only dict."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"state file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read {path}: the file is truncated or corrupt ({type(exc).__name__}); "
+                              "delete it to start over") from None
+
+
 def normalise_checkpoint(obj, source="<memory>"):
     """Our dict form of a loaded object (see load_checkpoint)."""
     if isinstance(obj, torch.nn.Module):
@@ -225,5 +237,5 @@ def checkpoint_metrics(path):
 
 
 __all__ = ["FORMAT", "atomic_torch_save", "make_checkpoint", "save_checkpoint", "load_checkpoint",
-           "normalise_checkpoint", "load_state_into", "check_model_name", "model_from_checkpoint",
+           "normalise_checkpoint", "load_state_file", "load_state_into", "check_model_name", "model_from_checkpoint",
            "model_sparsity_of_state", "checkpoint_metrics", "jsonable", "cpu_state_dict"]

@@ -108,6 +108,8 @@ def sample_allocation(agent, names, capacities, budget=None, budget_options=None
     budget_index = budget_frac = None
     prev = torch.zeros(agent.action_space_size)
     if budget_options is not None:
+        if len(budget_options) != agent.budget_space_size:
+            raise ValueError(f"{len(budget_options)} budget options for a budget head of {agent.budget_space_size}")
         prev = torch.zeros(agent.budget_space_size)
         logits, state = agent(prev, [0.0, 0.0, 1.0], state, head="budget")
         budget_index = _sample(logits, generator, greedy)

@@ -99,7 +99,8 @@ def plot_search_curves(rows, path, title="regrowth search"):
     for ax in axes:
         ax.set_xlabel("episode")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.suptitle(title)
     return _save(fig, path)
 

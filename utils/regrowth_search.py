@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from utils.allocators import allocate
-from utils.checkpoints import atomic_torch_save, load_checkpoint
+from utils.checkpoints import atomic_torch_save, load_state_file
 from utils.controller import Reinforce, sample_allocation
 from utils.errors import BridgeError
 from utils.masks import count_pruned_params
@@ -156,7 +156,7 @@ def run_search(env, names, ssim, capacities, cfg, reinforce=None, out_dir=None, 
     num_episodes = 1 if deterministic else cfg.num_episodes
     start, best, best_ep, rows, elapsed = 0, None, -1, [], 0.0
     if resume and state_path and os.path.isfile(state_path):
-        st = load_checkpoint(state_path)
+        st = load_state_file(state_path)
         if st.get("allocator") != cfg.allocator or st.get("names") != list(names):
             raise BridgeError(f"{state_path} belongs to a different search (allocator or search layers differ); "
                               "remove it or drop --resume")
@@ -166,7 +166,7 @@ def run_search(env, names, ssim, capacities, cfg, reinforce=None, out_dir=None, 
             reinforce.load_state_dict(st["reinforce"])
         if st.get("best") is not None:
             best = EpisodeResult(**st["best"])
-            stored = load_checkpoint(best_path) if os.path.isfile(best_path) else {}
+            stored = load_state_file(best_path) if os.path.isfile(best_path) else {}
             if stored.get("episode") == best_ep:  # else the states are rebuilt by rerun_episode()
                 best.pre_state, best.post_state = stored["pre_state"], stored["post_state"]
         rows = [r for r in read_jsonl(log_path) if r["episode"] <= start]

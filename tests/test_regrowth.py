@@ -1,0 +1,91 @@
+"""Regrowth: exactly k pruned positions, highest saliency first, within capacity, right initial values."""
+import math
+
+import pytest
+import torch
+
+from models import model_loader
+from utils.errors import UnknownChoiceError
+from utils.masks import add_masks, count_pruned_params, effective_weight, masked_modules
+from utils.pruners import PRUNERS
+from utils.regrowth import (apply_allocation, canonical_init, dense_reference_weights, fan_in_out, layer_capacities,
+                            regrow_layer)
+
+
+def _sparse_pair(amount=0.9, channels_last=False):
+    """A dense resnet20 and a globally pruned copy of it."""
+    torch.manual_seed(0)
+    dense = model_loader("resnet20")
+    sparse = model_loader("resnet20")
+    sparse.load_state_dict(dense.state_dict())
+    PRUNERS["glob"](add_masks(sparse), amount)
+    if channels_last:
+        sparse = sparse.to(memory_format=torch.channels_last)
+    return dense, sparse
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_regrows_exactly_k_highest_saliency_pruned_positions(channels_last):
+    _, sparse = _sparse_pair(channels_last=channels_last)
+    module = dict(sparse.named_modules())["layer2.1.conv1"]
+    before = module.weight_mask.clone()
+    saliency = torch.rand(module.weight_mask.shape, generator=torch.Generator().manual_seed(1))
+    idx = regrow_layer(module, saliency, 500, "zero")
+    after = module.weight_mask
+    assert idx.numel() == 500
+    flipped = (before == 0) & (after == 1)
+    assert int(flipped.sum()) == 500 and torch.all(after >= before)  # only pruned positions change, 0 -> 1
+    # brute force: the 500 largest saliencies among positions that were pruned
+    cand = [(float(s), i) for i, (s, m) in enumerate(zip(saliency.reshape(-1), before.reshape(-1))) if m == 0]
+    expected = {i for _, i in sorted(cand, reverse=True)[:500]}
+    assert set(idx.tolist()) == expected
+    assert set(torch.nonzero(flipped.reshape(-1)).flatten().tolist()) == expected
+    assert torch.all(effective_weight(module).reshape(-1)[idx] == 0)  # zero init
+
+
+def test_capacity_is_respected():
+    _, sparse = _sparse_pair()
+    module = dict(sparse.named_modules())["conv1"]
+    cap = int((module.weight_mask == 0).sum())
+    idx = regrow_layer(module, torch.ones_like(module.weight_mask), cap + 1000, "zero")
+    assert idx.numel() == cap and torch.all(module.weight_mask == 1)
+    assert regrow_layer(module, torch.ones_like(module.weight_mask), 5, "zero").numel() == 0
+
+
+def test_reference_init_restores_dense_values():
+    dense, sparse = _sparse_pair()
+    name = "layer3.0.conv2"
+    ref = dense_reference_weights(dense, [name])
+    module = dict(sparse.named_modules())[name]
+    idx = regrow_layer(module, torch.rand(module.weight_mask.shape), 300, "reference", ref[name])
+    assert torch.equal(effective_weight(module).reshape(-1)[idx], ref[name].reshape(-1)[idx])
+    assert canonical_init("magnitude") == "reference"
+    with pytest.raises(UnknownChoiceError):
+        canonical_init("ones")
+
+
+@pytest.mark.parametrize("init", ["kaiming", "xavier"])
+def test_random_inits_follow_their_bounds(init):
+    _, sparse = _sparse_pair(0.99)
+    module = dict(sparse.named_modules())["layer3.1.conv1"]
+    fan_in, fan_out = fan_in_out(module.weight_orig)
+    assert (fan_in, fan_out) == (64 * 9, 64 * 9)
+    bound = math.sqrt(6 / fan_in) if init == "kaiming" else math.sqrt(6 / (fan_in + fan_out))
+    idx = regrow_layer(module, torch.rand(module.weight_mask.shape), 20000, init,
+                       generator=torch.Generator().manual_seed(0))
+    vals = effective_weight(module).reshape(-1)[idx]
+    assert vals.abs().max() <= bound
+    assert vals.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)  # uniform(-b, b)
+
+
+def test_allocation_lowers_sparsity_by_exactly_the_regrown_count():
+    _, sparse = _sparse_pair(0.95)
+    total, _, pruned = count_pruned_params(sparse)
+    names = [n for n, _ in masked_modules(sparse)]
+    caps = layer_capacities(sparse, names)
+    sal = {n: torch.rand(m.weight_mask.shape) for n, m in masked_modules(sparse)}
+    alloc = {"conv1": 10_000, "layer2.0.conv1": 700, "linear": 5}
+    regrown = apply_allocation(sparse, alloc, sal)
+    expected = min(10_000, caps["conv1"]) + 700 + 5
+    assert sum(v.numel() for v in regrown.values()) == expected
+    assert count_pruned_params(sparse)[2] == pruned - expected

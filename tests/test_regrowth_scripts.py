@@ -1,0 +1,140 @@
+"""Regrowth scripts end to end on digits: CLI runs, outputs, exact budgets, resume = uninterrupted."""
+import json
+import os
+
+import pytest
+import torch
+
+import pretrain
+import prune_unstructure
+import regrowth_iterative
+import regrowth_oneshot
+from tests.conftest import run_script
+from utils.records import read_jsonl
+from utils.regrowth_search import RegrowthEnv
+
+DATA = ["--dataset", "digits", "--m_name", "resnet20", "--train_limit", "256", "--batch_size", "64"]
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory):
+    """A dense model and one-shot / iterative pruned checkpoints on digits (small budgets)."""
+    wd = str(tmp_path_factory.mktemp("pipeline"))
+    pretrain.main(pretrain.get_args_parser().parse_args(DATA + ["--epochs", "3", "--work_dir", wd]))
+    prune_unstructure.main(prune_unstructure.get_args_parser().parse_args(
+        DATA + ["--work_dir", wd, "--m_prune", "oneshot", "--oneshot", "0.95", "--finetune_steps", "4"]))
+    prune_unstructure.main(prune_unstructure.get_args_parser().parse_args(
+        DATA + ["--work_dir", wd, "--m_prune", "iterative", "--sparsity", "0.6", "--iter_end", "4",
+                "--finetune_steps", "3"]))
+    return wd
+
+
+def _oneshot_args(wd, save, *extra):
+    return DATA + ["--work_dir", wd, "--save_dir", save, "--model_sparsity", "0.95", "--num_epochs", "4",
+                   "--mini_finetune_steps", "2", "--ssim_threshold", "0.6", "--saliency_batches", "2",
+                   "--ssim_num_batches", "2", "--precision", "fp32", *extra]
+
+
+@pytest.mark.slow
+def test_oneshot_cli_outputs_and_budget(pipeline, tmp_path):
+    save = str(tmp_path / "rg")
+    proc = run_script("regrowth_oneshot.py", _oneshot_args(pipeline, save, "--finetune_epochs", "0.5"))
+    out_dir = os.path.join(save, "resnet20", "oneshot", "0.95")
+    files = set(os.listdir(out_dir))
+    assert {"final_finetuned.pth", "episodes.jsonl", "search_summary.txt", "summary.json", "search_curves.png",
+            "allocation.png", "search_state.pth"} <= files
+    assert any(f.startswith("best_ep") for f in files)
+    summary = json.load(open(os.path.join(out_dir, "summary.json")))
+    budget = int(270_896 * 0.01)
+    assert summary["budget"] == budget and summary["regrown"] <= budget
+    start = torch.load(os.path.join(pipeline, "resnet20", "oneshot", "resnet20_0.95.pth"), weights_only=True)
+    final = torch.load(os.path.join(out_dir, "final_finetuned.pth"), weights_only=True)
+    start_pruned = round(start["sparsity"] * 270_896)
+    assert round(final["sparsity"] * 270_896) == start_pruned - summary["regrown"]  # exactly the regrown count
+    # regrowth only ever turns masks on, and only inside the search layers
+    for k, m in start["state_dict"].items():
+        if k.endswith("weight_mask"):
+            new = final["state_dict"][k]
+            assert torch.all(new >= m)
+            if k[: -len(".weight_mask")] not in summary["search_layers"]:
+                assert torch.equal(new, m)
+    rows = read_jsonl(os.path.join(out_dir, "episodes.jsonl"))
+    assert [r["episode"] for r in rows] == [1, 2, 3, 4]
+    assert set(final["metrics"]) >= {"val_acc", "test_acc"}
+    assert "final: sparsity" in proc.stdout
+
+
+class _Crash(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_oneshot_resume_ends_where_uninterrupted_run_ends(pipeline, tmp_path, monkeypatch):
+    args = _oneshot_args(pipeline, str(tmp_path / "full"), "--finetune_epochs", "0")
+    full = regrowth_oneshot.main(regrowth_oneshot.get_args_parser().parse_args(args))
+
+    real = RegrowthEnv.evaluate
+    calls = {"n": 0}
+
+    def crash_on_third(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise _Crash()
+        return real(self, *a, **k)
+
+    args = _oneshot_args(pipeline, str(tmp_path / "cut"), "--finetune_epochs", "0")
+    monkeypatch.setattr(RegrowthEnv, "evaluate", crash_on_third)
+    with pytest.raises(_Crash):
+        regrowth_oneshot.main(regrowth_oneshot.get_args_parser().parse_args(args))
+    monkeypatch.setattr(RegrowthEnv, "evaluate", real)
+    resumed = regrowth_oneshot.main(regrowth_oneshot.get_args_parser().parse_args(args + ["--resume"]))
+    for key in ("best_reward", "best_episode", "best_allocation", "final_val_acc", "final_test_acc", "episodes"):
+        assert resumed[key] == full[key], key
+    a = read_jsonl(str(tmp_path / "full" / "resnet20" / "oneshot" / "0.95" / "episodes.jsonl"))
+    b = read_jsonl(str(tmp_path / "cut" / "resnet20" / "oneshot" / "0.95" / "episodes.jsonl"))
+    assert [(r["reward"], r["allocation"]) for r in a] == [(r["reward"], r["allocation"]) for r in b]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("allocator", ["greedy", "random"])
+def test_oneshot_other_allocators(pipeline, tmp_path, allocator):
+    save = str(tmp_path / "rg")
+    res = regrowth_oneshot.main(regrowth_oneshot.get_args_parser().parse_args(
+        _oneshot_args(pipeline, save, "--allocator", allocator, "--finetune_epochs", "0")))
+    assert res["episodes"] == (1 if allocator == "greedy" else 4)
+    assert sum(res["best_allocation"].values()) == res["budget"]
+    assert os.path.isdir(os.path.join(save, "resnet20", "oneshot", f"0.95_{allocator}"))
+
+
+@pytest.mark.slow
+def test_iterative_cli_and_resume(pipeline, tmp_path):
+    save = str(tmp_path / "rg")
+    args = DATA + ["--work_dir", pipeline, "--save_dir", save, "--num_epochs", "2", "--num_iters", "2",
+                   "--mini_finetune_steps", "2", "--ssim_threshold", "0.6", "--saliency_batches", "2",
+                   "--ssim_num_batches", "2", "--target_sparsity", "0.5"]
+    run_script("regrowth_iterative.py", args)
+    run_dir = os.path.join(save, "resnet20", "iterative")
+    for i in (0, 1):
+        ck = torch.load(os.path.join(run_dir, f"iter_{i}", "best_grown_model.pth"), weights_only=True)
+        assert ck["stage"] == "regrowth_iterative_iter" and "baseline_val_acc" in ck["metrics"]
+    rows = read_jsonl(os.path.join(run_dir, "iterations.jsonl"))
+    assert [r["iteration"] for r in rows] == [-1, 0, 1]
+    sp = [r["sparsity"] for r in rows]
+    assert sp[0] > sp[1] > sp[2]  # every iteration regrows
+    steps = [round((a - b) * 270_896) for a, b in zip(sp, sp[1:])]
+    assert all(271 - 1 <= s <= 1354 for s in steps)  # within the 0.1% .. 0.5% budget options
+    # --resume after a finished run with more iterations continues from iteration 2
+    proc = run_script("regrowth_iterative.py", [a if a != "2" or i != args.index("--num_iters") + 1 else "3"
+                                               for i, a in enumerate(args)] + ["--resume"])
+    assert "continuing after iteration 1" in proc.stdout
+    assert [r["iteration"] for r in read_jsonl(os.path.join(run_dir, "iterations.jsonl"))] == [-1, 0, 1, 2]
+
+
+def test_bad_regrowth_inputs_are_one_line_errors(tmp_path):
+    proc = run_script("regrowth_oneshot.py", ["--m_name", "resnet99", "--dataset", "digits"], check=False)
+    assert proc.returncode == 2 and "unknown model 'resnet99'" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_script("regrowth_oneshot.py", ["--m_name", "resnet20", "--dataset", "digits", "--work_dir",
+                                              str(tmp_path)], check=False)
+    assert proc.returncode == 2 and "checkpoint not found" in proc.stderr
+    proc = run_script("regrowth_oneshot.py", ["--m_name", "resnet20", "--regrow_step", "1.5"], check=False)
+    assert proc.returncode == 2 and "--regrow_step" in proc.stderr
