@@ -17,7 +17,7 @@ import tempfile
 import torch
 
 from utils.errors import CheckpointError
-from utils.masks import add_masks, count_pruned_params, masked_layer_names, model_sparsity
+from utils.masks import count_pruned_params, masked_layer_names, model_sparsity
 
 FORMAT = "bridge-v1"
 
@@ -165,13 +165,32 @@ def _describe_keys(keys, limit=6):
     return ", ".join(keys[:limit]) + more
 
 
+def add_masks_for_state(model, state_dict):
+    """Give `model` the masks a state_dict carries: every `X.p_mask` key becomes a reparametrised `p` of X.
+
+    Unstructured checkpoints mask Conv/Linear weights; structured ones also mask BatchNorm weights
+    and biases and conv biases.
+    """
+    import torch.nn.utils.prune as prune
+
+    modules = dict(model.named_modules())
+    for key in state_dict:
+        if not key.endswith("_mask"):
+            continue
+        mod_name, _, param = key[: -len("_mask")].rpartition(".")
+        module = modules.get(mod_name)
+        if module is not None and not hasattr(module, param + "_mask") and isinstance(
+                getattr(module, param, None), torch.nn.Parameter):
+            prune.identity(module, param)
+    return model
+
+
 def load_state_into(model, state_dict, source="checkpoint"):
     """Load a (masked or plain) state_dict into `model`, adding masks first when the state has them.
 
     A mismatch raises CheckpointError naming the missing and unexpected keys.
     """
-    if masked_layer_names(state_dict):
-        add_masks(model)
+    add_masks_for_state(model, state_dict)
     own = model.state_dict()
     missing = set(own) - set(state_dict)
     unexpected = set(state_dict) - set(own)
