@@ -57,7 +57,7 @@ def throughput(m_name, batch_size, steps, repeats, device):
     return statistics.median(a), statistics.median(b), precision.name
 
 
-def accuracy_both_ways(epochs, data_dir, train_limit, device):
+def accuracy_both_ways(epochs, data_dir, train_limit, device, seeds=(0,)):
     from data.data_loader import data_loader
     from utils.training import evaluate
 
@@ -65,8 +65,9 @@ def accuracy_both_ways(epochs, data_dir, train_limit, device):
     data = data_loader(data_dir, dataset="CIFAR10" if have_cifar else "digits", device=device,
                        train_limit=train_limit, download=False)
     rows = []
-    for prec in (Precision(), resolve_precision("auto", device)):
-        set_seed(0)
+    for seed, prec in [(s, p) for s in seeds for p in (Precision(), resolve_precision("auto", device))]:
+        set_seed(seed)
+        data.train.seed = seed
         model = to_device(model_loader("resnet20"), device, prec)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
@@ -78,7 +79,7 @@ def accuracy_both_ways(epochs, data_dir, train_limit, device):
         secs = time.perf_counter() - t0
         val_fp32 = evaluate(model, data.val, device, Precision())[0]
         val_same = evaluate(model, data.val, device, prec)[0]
-        rows.append((prec.name, secs, val_fp32, val_same))
+        rows.append((prec.name, seed, secs, val_fp32, val_same))
     return data.describe(), rows
 
 
@@ -90,6 +91,7 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--accuracy_epochs", type=int, default=0)
     p.add_argument("--train_limit", type=int, default=10000)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--data_dir", default="data")
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
@@ -100,11 +102,15 @@ def main():
         a, b, name = throughput(m, args.batch_size, args.steps, args.repeats, device)
         print(f"{m:<10} {a:>17.0f} {b:>11.0f} {name:>22} {b / a:>8.2f}x", flush=True)
     if args.accuracy_epochs:
-        desc, rows = accuracy_both_ways(args.accuracy_epochs, args.data_dir, args.train_limit, device)
+        desc, rows = accuracy_both_ways(args.accuracy_epochs, args.data_dir, args.train_limit, device, args.seeds)
         print(f"\nresnet20, {args.accuracy_epochs} epochs, {desc}")
-        print(f"{'path':<22} {'train s':>8} {'val acc (fp32 eval)':>20} {'val acc (same path)':>20}")
-        for name, secs, v32, vs in rows:
-            print(f"{name:<22} {secs:>8.0f} {v32:>20.2f} {vs:>20.2f}")
+        print(f"{'path':<22} {'seed':>4} {'train s':>8} {'val acc (fp32 eval)':>20} {'val acc (same path)':>20}")
+        for name, seed, secs, v32, vs in rows:
+            print(f"{name:<22} {seed:>4} {secs:>8.0f} {v32:>20.2f} {vs:>20.2f}")
+        for name in dict.fromkeys(r[0] for r in rows):
+            accs = [r[3] for r in rows if r[0] == name]
+            sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            print(f"{name:<22} mean val acc {statistics.mean(accs):.2f} ± {sd:.2f} over {len(accs)} seed(s)")
 
 
 if __name__ == "__main__":
