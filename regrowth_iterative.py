@@ -35,7 +35,7 @@ from utils.plots import plot_accuracy_vs_sparsity
 from utils.progress import log
 from utils.pruning_curve import load_pruning_curve
 from utils.records import WandbLog, append_jsonl, read_jsonl, write_json, write_jsonl
-from utils.regrowth import dense_reference_weights
+from utils.regrowth import WeightRegrower, dense_reference_weights
 from utils.regrowth_pipeline import (add_search_args, compute_saliency, final_finetune, make_reinforce,
                                      mini_finetune_steps, prepare, save_model, search_space, validate_search_args,
                                      work_model_like, write_search_outputs)
@@ -145,9 +145,9 @@ def main(args):
             log("all pruned weights of the search space are restored; stopping")
             break
         guard = max((n for n in names if caps[n] > 0), key=lambda n: mean_sal.get(n, 0.0))
-        env = RegrowthEnv(work, clone_state(current), saliency, reference, args.init_strategy, setup.data,
-                          setup.device, setup.precision, steps, curve, args.budget_bonus, setup.total_weights,
-                          args.seed + it)
+        env = RegrowthEnv(work, clone_state(current), WeightRegrower(saliency, reference, args.init_strategy),
+                          setup.data, setup.device, setup.precision, steps, curve, args.budget_bonus,
+                          setup.total_weights, args.seed + it)
         reinforce = (make_reinforce(args, True, args.alloc_space_size, args.budget_space_size)
                      if args.allocator == "rl" else None)
         cfg = SearchConfig(allocator=args.allocator, num_episodes=args.num_epochs, budget_options=budget_options,

@@ -25,7 +25,7 @@ from utils import cli
 from utils.errors import BridgeError
 from utils.progress import log
 from utils.records import WandbLog, write_json
-from utils.regrowth import dense_reference_weights
+from utils.regrowth import WeightRegrower, dense_reference_weights
 from utils.regrowth_pipeline import (add_search_args, compute_saliency, final_finetune, make_reinforce,
                                      mini_finetune_steps, prepare, save_model, search_space, validate_search_args,
                                      work_model_like, write_search_outputs)
@@ -87,9 +87,10 @@ def main(args):
     log(f"sparse start {sparse_path}: sparsity {start_sparsity:.4f}, val {sparse_val:.2f}, test {sparse_test:.2f}")
 
     steps = mini_finetune_steps(args, len(setup.data.train), PUBLISHED_MINI_FINETUNE_EPOCHS)
-    env = RegrowthEnv(work_model_like(setup, sparse.state_dict()), clone_state(sparse), saliency,
-                      dense_reference_weights(setup.dense, names), args.init_strategy, setup.data, setup.device,
-                      setup.precision, steps, lambda sp: sparse_val, args.budget_bonus, setup.total_weights, args.seed)
+    regrower = WeightRegrower(saliency, dense_reference_weights(setup.dense, names), args.init_strategy)
+    env = RegrowthEnv(work_model_like(setup, sparse.state_dict()), clone_state(sparse), regrower, setup.data,
+                      setup.device, setup.precision, steps, lambda sp: sparse_val, args.budget_bonus,
+                      setup.total_weights, args.seed)
     reinforce = make_reinforce(args, False, args.action_space_size) if args.allocator == "rl" else None
     wandb = WandbLog(args.wandb, "bridge_oneshot", f"regrowth_{args.m_name}_{args.model_sparsity}", vars(args))
     log(f"search: allocator {args.allocator}, up to {args.num_epochs} episodes, mini-finetune {steps} steps "
@@ -122,7 +123,7 @@ def main(args):
 
     # final finetune of the best allocation, from its regrown (pre-finetune) state: regrowing again
     # with the best episode's init seed rebuilds exactly the state saved as best_ep*.pth
-    regrown_idx = env.regrow(best.allocation, outcome.best_episode)
+    regrown_idx, _ = env.regrow(best.allocation, outcome.best_episode)
     final = env.model
     ft_epochs = args.finetune_epochs if args.finetune_epochs is not None else 0
     val_acc, test_acc, ft = final_finetune(setup, final, regrown_idx, ft_epochs)

@@ -55,8 +55,19 @@ def split_budget(budget, weights, capacities):
     return out
 
 
-def allocate(name, layers, ssim, capacities, budget, generator=None):
-    """{layer: count} for a non-RL allocator (see module docstring)."""
+def quantise(counts, units, caps, budget):
+    """Round counts down to multiples of each layer's unit, then hand leftovers out in layer order."""
+    out = [c - c % u for c, u in zip(counts, units)]
+    left = min(budget, sum(caps)) - sum(out)
+    for i, u in enumerate(units):
+        while left >= u and out[i] + u <= caps[i]:
+            out[i] += u
+            left -= u
+    return out
+
+
+def allocate(name, layers, ssim, capacities, budget, generator=None, units=None):
+    """{layer: count} for a non-RL allocator (see module docstring); `units` as in sample_allocation."""
     caps = [capacities[n] for n in layers]
     if name == "greedy":
         counts, left = [], min(budget, sum(caps))
@@ -72,4 +83,6 @@ def allocate(name, layers, ssim, capacities, budget, generator=None):
         counts = split_budget(budget, (-u.log()).tolist(), caps)  # Exp(1) draws normalised = Dirichlet(1)
     else:
         raise UnknownChoiceError("allocator", name, ALLOCATORS)
+    if units:
+        counts = quantise(counts, [int(units.get(n, 1)) for n in layers], caps, budget)
     return {n: c for n, c in zip(layers, counts) if c > 0}

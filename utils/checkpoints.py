@@ -241,7 +241,7 @@ def model_from_checkpoint(path, m_name, device="cpu", expect=None, trust_pickle=
 
 def model_sparsity_of_state(state_dict):
     """Mask sparsity of a state_dict (0 for a plain one)."""
-    masks = [v for k, v in state_dict.items() if k.endswith("weight_mask")]
+    masks = [v for k, v in state_dict.items() if k.endswith("weight_mask") and v.dim() >= 2]  # Conv/Linear only
     total = sum(m.numel() for m in masks)
     return float(sum((m == 0).sum().item() for m in masks)) / total if total else 0.0
 

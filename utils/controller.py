@@ -92,13 +92,15 @@ def _sample(logits, generator, greedy=False):
 
 
 def sample_allocation(agent, names, capacities, budget=None, budget_options=None, total_weights=None,
-                      generator=None, position="oneshot", guard_layer=None, greedy=False):
+                      generator=None, position="oneshot", guard_layer=None, greedy=False, units=None):
     """Run the controller over the search layers and sample an allocation.
 
     names: search layers in order; capacities: {layer: pruned count}. Either a fixed `budget` (one-shot)
     or `budget_options` (fractions of `total_weights`, iterative: the first decision picks one).
     position: "oneshot" -> p / max(N-1, 1); "iterative" -> (p+1)/(N+1) (the published contexts).
     guard_layer: iterative safeguard, the layer that gets 1 weight if everything rounds to 0.
+    units: {layer: size} when a layer can only grow in whole units (a coupled filter group restores
+    `size` filters per channel); counts are then multiples of the unit (capacities and budget in filters).
     """
     caps = [int(capacities[n]) for n in names]
     total_cap = sum(caps)
@@ -126,7 +128,8 @@ def sample_allocation(agent, names, capacities, budget=None, budget_options=None
         pos = p / max(n - 1, 1) if position == "oneshot" else (p + 1) / (n + 1)
         context = [pos, cap / max(total_cap, 1), remaining / budget if budget > 0 else 0.0]
         logits, state = agent(prev, context, state)
-        options = ratio_counts(min(cap, remaining), agent.action_space_size)
+        unit = int(units.get(names[p], 1)) if units else 1
+        options = ratio_counts(min(cap, remaining) // unit, agent.action_space_size) * unit
         masked = torch.where(feasible_mask(options, remaining), logits, torch.full_like(logits, INFEASIBLE))
         a = _sample(masked, generator, greedy)
         logp = torch.log_softmax(masked, -1)
@@ -139,7 +142,8 @@ def sample_allocation(agent, names, capacities, budget=None, budget_options=None
         prev = logits
     guard_used = False
     if sum(counts) == 0 and guard_layer is not None and guard_layer in names and capacities[guard_layer] > 0:
-        counts[names.index(guard_layer)] = 1  # published safeguard; log-probs are left unchanged
+        unit = int(units.get(guard_layer, 1)) if units else 1
+        counts[names.index(guard_layer)] = unit  # published safeguard; log-probs are left unchanged
         guard_used = True
     allocation = {nm: c for nm, c in zip(names, counts) if c > 0}
     return AllocationSample(allocation, counts, budget, torch.stack(log_probs).sum(), torch.stack(entropies).mean(),

@@ -143,12 +143,12 @@ def masked_layer_names(state_dict):
 
 
 def unmasked_state_dict(state_dict):
-    """A plain state_dict: weight = weight_orig * weight_mask, no *_orig / *_mask keys."""
+    """A plain state_dict: p = p_orig * p_mask for every masked parameter, no *_orig / *_mask keys."""
     out = {}
     for k, v in state_dict.items():
-        if k.endswith("weight_mask"):
+        if k.endswith("_mask") and k[: -len("_mask")] + "_orig" in state_dict:
             continue
-        if k.endswith("weight_orig"):
+        if k.endswith("_orig") and k[: -len("_orig")] + "_mask" in state_dict:
             base = k[: -len("_orig")]
             out[base] = v * state_dict[base + "_mask"]
         else:
@@ -157,7 +157,9 @@ def unmasked_state_dict(state_dict):
 
 
 def export_plain_model(model):
-    """Bake the masks into plain `weight` parameters (in place) and return the model."""
-    for _, m in masked_modules(model):
-        prune.remove(m, "weight")
+    """Bake every mask into its plain parameter (in place) and return the model."""
+    for m in model.modules():
+        names = [h._tensor_name for h in m._forward_pre_hooks.values() if isinstance(h, prune.BasePruningMethod)]
+        for name in names:
+            prune.remove(m, name)
     return model

@@ -114,3 +114,20 @@ def dense_reference_weights(dense_model, names):
         w = m.weight_orig * m.weight_mask if hasattr(m, "weight_mask") else m.weight
         out[n] = w.detach().cpu().contiguous()
     return out
+
+
+class WeightRegrower:
+    """Unstructured regrowth of an allocation {layer: weights}: saliency top-k per layer."""
+
+    def __init__(self, saliency, reference_weights, init):
+        self.saliency, self.reference, self.init = saliency, reference_weights, canonical_init(init)
+
+    def apply(self, model, allocation, generator=None):
+        """Regrow in place; returns ({layer: flat indices}, number of weights regrown)."""
+        idx = apply_allocation(model, allocation, self.saliency, self.init, self.reference, generator)
+        return idx, sum(int(v.numel()) for v in idx.values())
+
+    def sparsity(self, model):
+        from utils.masks import model_sparsity
+
+        return model_sparsity(model)

@@ -28,10 +28,8 @@ from utils.allocators import allocate
 from utils.checkpoints import atomic_torch_save, load_state_file
 from utils.controller import Reinforce, sample_allocation
 from utils.errors import BridgeError
-from utils.masks import count_pruned_params
 from utils.progress import bar, log
 from utils.records import append_jsonl, read_jsonl, write_jsonl
-from utils.regrowth import apply_allocation
 from utils.runtime import rng_state, set_rng_state, set_seed
 from utils.training import adamw_finetune_optimizer, clone_state, evaluate, finetune
 
@@ -62,11 +60,9 @@ def init_generator(seed, episode):
 class RegrowthEnv:
     """Scores allocations on a preallocated working model (see module docstring)."""
 
-    def __init__(self, work_model, start_state, saliency, reference_weights, init, data, device, precision,
-                 mini_steps, reference_fn, budget_bonus, total_weights, seed, lr=3e-4, weight_decay=0.01,
-                 keep_states=True):
-        self.model, self.start_state = work_model, start_state
-        self.saliency, self.reference_weights, self.init = saliency, reference_weights, init
+    def __init__(self, work_model, start_state, regrower, data, device, precision, mini_steps, reference_fn,
+                 budget_bonus, total_weights, seed, lr=3e-4, weight_decay=0.01, keep_states=True):
+        self.model, self.start_state, self.regrower = work_model, start_state, regrower
         self.data, self.device, self.precision = data, device, precision
         self.mini_steps, self.reference_fn, self.budget_bonus = int(mini_steps), reference_fn, budget_bonus
         self.total_weights, self.seed, self.lr, self.weight_decay = total_weights, seed, lr, weight_decay
@@ -76,15 +72,13 @@ class RegrowthEnv:
         self.model.load_state_dict(self.start_state)
 
     def regrow(self, allocation, episode):
-        """Start state + regrowth of `allocation` in the working model; returns {layer: flat indices}."""
+        """Start state + regrowth of `allocation` in the working model; returns ({unit: indices}, count)."""
         self.reset()
-        return apply_allocation(self.model, allocation, self.saliency, self.init, self.reference_weights,
-                                init_generator(self.seed, episode))
+        return self.regrower.apply(self.model, allocation, init_generator(self.seed, episode))
 
     def evaluate(self, allocation, budget, episode):
         t0 = time.perf_counter()
-        regrown_idx = self.regrow(allocation, episode)
-        regrown = sum(int(v.numel()) for v in regrown_idx.values())
+        _, regrown = self.regrow(allocation, episode)
         pre = cpu_clone(self.model.state_dict()) if self.keep_states else None
         t1 = time.perf_counter()
         set_seed(self.seed)  # same dropout / data order in every episode
@@ -92,8 +86,7 @@ class RegrowthEnv:
         res = finetune(self.model, self.data.train, self.data.val, opt, self.device, self.precision,
                        steps=self.mini_steps, verbose=False, desc=f"episode {episode + 1}")
         t2 = time.perf_counter()
-        _, surviving, pruned = count_pruned_params(self.model)
-        sparsity = pruned / (surviving + pruned)
+        sparsity = self.regrower.sparsity(self.model)
         ref = self.reference_fn(sparsity)
         usage = regrown / max(budget, 1)
         reward = (res.best_val_acc - ref) / 100.0 + self.budget_bonus * usage
@@ -114,6 +107,7 @@ class SearchConfig:
     position: str = "oneshot"          # controller position context
     guard_layer: str = None
     seed: int = 42
+    units: dict = None                 # structured: filters per channel of each group
 
 
 @dataclass
@@ -187,7 +181,8 @@ def run_search(env, names, ssim, capacities, cfg, reinforce=None, out_dir=None, 
         if cfg.allocator == "rl":
             sample = sample_allocation(reinforce.agent, names, capacities, budget=cfg.budget,
                                        budget_options=cfg.budget_options, total_weights=env.total_weights,
-                                       generator=policy_gen, position=cfg.position, guard_layer=cfg.guard_layer)
+                                       generator=policy_gen, position=cfg.position, guard_layer=cfg.guard_layer,
+                                       units=cfg.units)
             allocation, budget = sample.allocation, sample.budget
             info = {"budget": budget, "budget_frac": sample.budget_frac, "actions": sample.actions}
         else:
@@ -195,7 +190,7 @@ def run_search(env, names, ssim, capacities, cfg, reinforce=None, out_dir=None, 
                 budget = max(1, min(int(env.total_weights * max(cfg.budget_options)), sum(capacities.values())))
             else:
                 budget = total_budget
-            allocation = allocate(cfg.allocator, names, ssim, capacities, budget, policy_gen)
+            allocation = allocate(cfg.allocator, names, ssim, capacities, budget, policy_gen, cfg.units)
             info = {"budget": budget}
         result = env.evaluate(allocation, budget, e)
         update = reinforce.update([sample], [result.reward], e) if cfg.allocator == "rl" else None

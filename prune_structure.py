@@ -1,0 +1,109 @@
+"""Stage 2 (structured): prune whole filters (Conv2d output channels) as masks, and finetune.
+
+A pruned filter's weight row, conv bias and BatchNorm weight and bias are masked, so the channel
+outputs exactly zero and regrowth can bring it back; coupled channels (ResNet residual stages,
+EfficientNet expand/depthwise/SE) are pruned together (see utils/structured.py). Every group keeps at
+least one channel; Linear layers (the classifier) are never pruned.
+
+    --m_prune iterative   prune --ratio_per_step (default 0.3) of the alive channels per level, levels
+                          --iter_start..--iter_end (published: 15 steps; VGG16 0.301, 0.513, 0.659, ...)
+    --m_prune oneshot     prune the dense model directly to each channel sparsity in --oneshot
+
+--pruner picks the filter importance: l1, l2, taylor (Σ|g·w| over --taylor_batches batches), lamp (LAMP
+on filter norms); --scope local (every group loses the same fraction, published) or global (one
+ranking over all groups). Outputs in {work_dir}/{m_name}/structured_{iterative|oneshot}/:
+{m_name}_{channel sparsity}.pth, prune_log.jsonl, prune_results.csv (channel sparsity, weight
+sparsity, parameter and MAC ratios of the compact model, val and test accuracy),
+accuracy_vs_sparsity.png; with --save_compact also {m_name}_{sparsity}_compact.pth (filters removed).
+"""
+import argparse
+import os
+
+from models import MODEL_NAMES, canonical_model_name, model_loader, model_spec
+from utils import cli
+from utils.checkpoints import model_from_checkpoint
+from utils.compact import check_equivalence, export_compact, save_compact
+from utils.errors import BridgeError
+from utils.masks import model_sparsity
+from utils.metrics import model_cost
+from utils.progress import log
+from utils.pruning_run import PruningPlan, add_finetune_args, run_pruning
+from utils.saliency import weight_saliency
+from utils.structured import (IMPORTANCE, SCOPES, add_structured_masks, channel_groups, channel_sparsity,
+                              check_importance, prune_channels)
+
+MODES = {"iterative": "iterative", "iterate": "iterative", "oneshot": "oneshot"}
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser("prune_structure.py", description="Structured (filter) pruning with masks + finetune")
+    p.add_argument("--m_name", default="vgg16", help=f"model: {', '.join(MODEL_NAMES)}")
+    p.add_argument("--pruner", default="taylor", help=f"filter importance: {', '.join(IMPORTANCE)}")
+    p.add_argument("--scope", default="local", choices=SCOPES, help="local: same fraction per group; global: one ranking")
+    p.add_argument("--m_prune", default="iterative", choices=sorted(MODES))
+    p.add_argument("--ratio_per_step", "--sparsity", dest="ratio_per_step", type=float, default=0.3,
+                   help="iterative: fraction of the alive channels pruned per level")
+    p.add_argument("--iter_start", type=int, default=1)
+    p.add_argument("--iter_end", "--iterative_steps", dest="iter_end", type=int, default=15)
+    p.add_argument("--oneshot", type=float, nargs="+", default=[0.5, 0.7, 0.9],
+                   help="oneshot: target channel sparsities, each pruned directly from the dense model")
+    p.add_argument("--taylor_batches", type=int, default=10, help="training batches for the taylor importance")
+    p.add_argument("--save_compact", action="store_true", help="also write each level with its filters removed")
+    add_finetune_args(p)
+    cli.add_data_args(p)
+    cli.add_runtime_args(p)
+    return p
+
+
+def main(args):
+    args.m_name = canonical_model_name(args.m_name)
+    mode = MODES[args.m_prune]
+    check_importance(args.pruner)
+    cli.check_fraction("--ratio_per_step", args.ratio_per_step)
+    for t in args.oneshot:
+        cli.check_fraction("--oneshot target", t)
+    if mode == "iterative" and not 1 <= args.iter_start <= args.iter_end:
+        raise BridgeError(f"need 1 <= --iter_start <= --iter_end, got {args.iter_start} and {args.iter_end}")
+    cli.print_args(args, "prune_structure.py")
+    groups = channel_groups(args.m_name)
+    size = model_spec(args.m_name).input_size
+    log(f"{len(groups)} channel groups; coupled groups (more than one conv per channel): "
+        + (", ".join(f"{g.root} x{g.cost}" for g in groups if g.cost > 1) or "none"))
+    dense_cost = model_cost(model_loader(args.m_name), size)
+
+    def prune(model, amount, data):
+        taylor = None
+        if args.pruner == "taylor":
+            convs = [n for g in groups for n, _ in g.convs]
+            _, taylor = weight_saliency(model, data.train, convs, next(model.parameters()).device,
+                                        max_batches=args.taylor_batches, with_taylor=True)
+        prune_channels(model, groups, amount, args.pruner, args.scope, taylor)
+
+    def extra_metrics(model):
+        compact = export_compact(model, args.m_name)
+        cost = model_cost(compact, size)
+        diff = check_equivalence(model, compact, size)
+        return {"weight_sparsity": model_sparsity(model), "compact_params": cost["params"],
+                "param_ratio": cost["params"] / dense_cost["params"], "compact_macs": cost["macs"],
+                "mac_ratio": cost["macs"] / dense_cost["macs"], "compact_max_abs_diff": diff}
+
+    plan = PruningPlan(
+        mode=mode, method=f"{args.pruner}-{args.scope}", folder=f"structured_{mode}", stage=f"prune_structured_{mode}",
+        add_masks=add_structured_masks, prune=prune, sparsity=channel_sparsity, extra_metrics=extra_metrics,
+        amount=args.ratio_per_step, iter_range=(args.iter_start, args.iter_end), targets=args.oneshot,
+        x_label="channel sparsity",
+        columns=["sparsity", "weight_sparsity", "param_ratio", "mac_ratio", "val_acc", "test_acc",
+                 "val_acc_before_finetune", "compact_params", "compact_macs", "compact_max_abs_diff", "pruner",
+                 "finetune_steps", "seconds", "path"])
+    rows = run_pruning(args, plan)
+    if args.save_compact:
+        for r in rows:
+            model, _ = model_from_checkpoint(r["path"], args.m_name)
+            out = r["path"][: -len(".pth")] + "_compact.pth"
+            save_compact(out, export_compact(model, args.m_name), args.m_name, model)
+            log(f"compact model: {out}")
+    return rows
+
+
+if __name__ == "__main__":
+    cli.run(main, get_args_parser())

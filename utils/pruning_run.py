@@ -1,0 +1,168 @@
+"""The pruning stage's loop, shared by unstructured and structured pruning.
+
+Iterative mode prunes `amount` of what is alive per level, finetunes and saves every level, and can
+start from a saved level (`--iter_start K` loads level K-1) or skip saved levels (`--resume`).
+One-shot mode prunes the dense model directly to each target. Each level: prune, val accuracy before
+finetuning, finetune (AdamW, step budget, best-validation state), test accuracy, atomic checkpoint,
+one JSON row in prune_log.jsonl. At the end the CSV table and the accuracy-vs-sparsity plot are
+rebuilt from the log, so a resumed run's table is complete.
+"""
+import os
+import time
+from dataclasses import dataclass, field
+
+from utils import cli
+from utils.checkpoints import check_model_name, load_checkpoint, load_state_into, model_from_checkpoint, save_checkpoint
+from utils.errors import BridgeError
+from utils.plots import plot_accuracy_vs_sparsity
+from utils.progress import log
+from utils.records import append_jsonl, read_jsonl, write_csv
+from utils.runtime import resolve_device, resolve_precision, set_seed, to_device
+from utils.training import adamw_finetune_optimizer, clone_state, evaluate, finetune
+
+# Published step budgets (40*313 and 400*313 steps; 313 was meant to be one CIFAR epoch).
+PUBLISHED_STEPS = {"iterative": 40 * 313, "oneshot": 400 * 313}
+
+
+def add_finetune_args(p):
+    p.add_argument("--finetune_epochs", type=float, default=None, help="finetune length per level in epochs")
+    p.add_argument("--finetune_steps", type=int, default=None,
+                   help="finetune length per level in optimizer steps (default: the published 12,520 / 125,200)")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--weight_decay", type=float, default=0.01)
+    p.add_argument("--patience", type=int, default=50, help="finetune early stop after this many evaluations without gain")
+    p.add_argument("--dense_ckpt", default=None, help="dense model (default {work_dir}/{m_name}/checkpoint/ckpt.pth)")
+    p.add_argument("--work_dir", default=".", help="folder holding the {m_name}/ output tree")
+    p.add_argument("--resume", action="store_true", help="skip levels already saved in the output folder")
+    p.add_argument("--trust_pickle", action="store_true", help="allow reading pickled published checkpoints")
+
+
+def level_filename(m_name, sparsity):
+    """Published naming: the sparsity rounded to 4 decimals, Python's repr ('0.3', '0.657', '0.9953')."""
+    return f"{m_name}_{round(sparsity, 4)}.pth"
+
+
+def finetune_steps(args, mode, steps_per_epoch):
+    if args.finetune_steps is not None and args.finetune_epochs is not None:
+        raise BridgeError("give --finetune_steps or --finetune_epochs, not both")
+    if args.finetune_steps is not None:
+        return args.finetune_steps
+    if args.finetune_epochs is not None:
+        return max(0, int(round(args.finetune_epochs * steps_per_epoch)))
+    return PUBLISHED_STEPS[mode]
+
+
+@dataclass
+class PruningPlan:
+    """What differs between the pruning kinds (see prune_unstructure.py / prune_structure.py)."""
+
+    mode: str                    # iterative | oneshot
+    method: str                  # pruner / importance name recorded in rows and checkpoints
+    folder: str                  # output folder name under {work_dir}/{m_name}/
+    stage: str                   # checkpoint stage
+    add_masks: object            # model -> model with masks
+    prune: object                # (model, amount, data) -> None
+    sparsity: object             # model -> float, the sparsity the curve is drawn against
+    extra_metrics: object = None  # model -> dict of extra row values (structured: ratios)
+    amount: float = 0.3          # iterative amount per level
+    iter_range: tuple = (1, 15)
+    targets: list = field(default_factory=list)
+    columns: list = field(default_factory=list)
+    x_label: str = "sparsity"
+
+
+def run_pruning(args, plan):
+    """Run every level of `plan` (see module docstring); returns the table rows."""
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    set_seed(args.seed)
+    data = cli.build_data(args, device)
+    log(data.describe() + f" | device {device} | precision {precision.name}")
+    dense_path = args.dense_ckpt or os.path.join(args.work_dir, args.m_name, "checkpoint", "ckpt.pth")
+    out_dir = os.path.join(args.work_dir, args.m_name, plan.folder)
+    log_path = os.path.join(out_dir, "prune_log.jsonl")
+    steps = finetune_steps(args, plan.mode, len(data.train))
+    dense_model, _ = model_from_checkpoint(dense_path, args.m_name, expect="dense", trust_pickle=args.trust_pickle)
+    model = to_device(plan.add_masks(dense_model), device, precision)
+    dense_state = clone_state(model)  # all-ones masks: every one-shot target restarts from it
+    dense_val, _ = evaluate(model, data.val, device, precision)
+    log(f"dense model {dense_path}: val acc {dense_val:.2f} | finetune {steps} steps per level "
+        f"({steps / max(len(data.train), 1):.1f} epochs)")
+    done = {}
+    for row in read_jsonl(log_path) if args.resume else []:
+        if row.get("pruner") == plan.method and os.path.isfile(row["path"]):
+            done[(row["mode"], row["key"])] = row
+
+    def run_level(key, amount, target):
+        t0 = time.perf_counter()
+        plan.prune(model, amount, data)
+        sp = plan.sparsity(model)
+        pruned_val, _ = evaluate(model, data.val, device, precision)
+        set_seed(args.seed + (key if isinstance(key, int) else int(round(target * 1e4))))
+        opt = adamw_finetune_optimizer(model, args.lr, args.weight_decay)
+        res = finetune(model, data.train, data.val, opt, device, precision, steps=steps, patience=args.patience,
+                       desc=f"{plan.mode} sp={sp:.4f}")
+        test_acc, _ = evaluate(model, data.test, device, precision)
+        extra = plan.extra_metrics(model) if plan.extra_metrics else {}
+        path = os.path.join(out_dir, level_filename(args.m_name, sp))
+        metrics = {"val_acc": res.best_val_acc, "test_acc": test_acc, "val_acc_before_finetune": pruned_val}
+        save_checkpoint(path, model, args.m_name, data.spec.name, plan.stage, args, metrics, pruner=plan.method,
+                        level=key if plan.mode == "iterative" else None, target_sparsity=target,
+                        finetune_steps=res.steps, dense_ckpt=dense_path, sparsity=sp, **extra)
+        row = {"mode": plan.mode, "key": key, "pruner": plan.method, "amount": amount, "target_sparsity": target,
+               "sparsity": sp, "val_acc_before_finetune": pruned_val, "val_acc": res.best_val_acc,
+               "test_acc": test_acc, "finetune_steps": res.steps, "seconds": time.perf_counter() - t0, "path": path,
+               **extra}
+        append_jsonl(log_path, row)
+        log(f"[{plan.mode}] {plan.x_label} {sp:.4f}: val {pruned_val:.2f} -> {res.best_val_acc:.2f} after finetune, "
+            f"test {test_acc:.2f}" + "".join(f" | {k} {v:.4g}" for k, v in extra.items() if isinstance(v, float))
+            + f" | {row['seconds']:.0f} s | {path}")
+        return row
+
+    if plan.mode == "iterative":
+        start, end = plan.iter_range
+        while args.resume and (plan.mode, start) in done and start <= end:
+            start += 1
+        if start > 1:
+            prev = done.get((plan.mode, start - 1)) or _find_level(log_path, plan.method, start - 1)
+            if prev is None:
+                raise BridgeError(f"level {start - 1} is needed to start at level {start} but no checkpoint for it "
+                                  f"is recorded in {log_path}; start at --iter_start 1")
+            ckpt = load_checkpoint(prev["path"])
+            check_model_name(ckpt, args.m_name, prev["path"])
+            load_state_into(model, {k: v.to(device) for k, v in ckpt["state_dict"].items()}, prev["path"])
+            log(f"starting from level {start - 1}: {prev['path']} ({plan.x_label} {prev['sparsity']:.4f})")
+        for level in range(start, end + 1):
+            run_level(level, plan.amount, 1 - (1 - plan.amount) ** level)
+    else:
+        for target in plan.targets:
+            key = round(target, 6)
+            if (plan.mode, key) in done:
+                log(f"[oneshot] {target}: already saved ({done[(plan.mode, key)]['path']}), skipped")
+                continue
+            model.load_state_dict(dense_state)
+            run_level(key, target, target)
+
+    rows = _latest_rows(read_jsonl(log_path), plan.method)
+    csv_path = write_csv(os.path.join(out_dir, "prune_results.csv"), rows, plan.columns)
+    series = {f"{plan.method} {plan.mode} (val)": [(r["sparsity"], r["val_acc"]) for r in rows],
+              f"{plan.method} {plan.mode} (test)": [(r["sparsity"], r["test_acc"]) for r in rows]}
+    png = plot_accuracy_vs_sparsity(series, os.path.join(out_dir, "accuracy_vs_sparsity.png"),
+                                    f"{args.m_name} {plan.folder} pruning ({plan.method}); dense val {dense_val:.2f}")
+    log(f"wrote checkpoints to {out_dir}/, table {csv_path}, curve {png}")
+    return rows
+
+
+def _find_level(log_path, method, level):
+    rows = [r for r in read_jsonl(log_path) if r.get("pruner") == method and r.get("key") == level
+            and r.get("mode") == "iterative" and os.path.isfile(r["path"])]
+    return rows[-1] if rows else None
+
+
+def _latest_rows(rows, method):
+    """The newest row per (mode, level/target) for this method, sorted by sparsity."""
+    latest = {}
+    for r in rows:
+        if r.get("pruner") == method:
+            latest[(r["mode"], r["key"])] = r
+    return sorted(latest.values(), key=lambda r: r["sparsity"])

@@ -1,0 +1,270 @@
+"""Structured (filter) masks: channel groups, filter masks, importance, pruning and channel sparsity.
+
+A pruned filter stays in the model as a mask, so that regrowth can bring it back: the conv's
+`weight_mask` row (and its bias mask) and the following BatchNorm's weight and bias masks are set to 0,
+so the channel's output is exactly zero after BatchNorm.
+
+Channels are pruned per *channel group*: the set of layers whose output channels are tied together
+by the network's structure, found with Torch-Pruning's dependency graph. In a ResNet the stem (or a
+stage's projection shortcut) and every block's `conv2` in that stage add into one residual stream,
+so channel c of all of them is pruned or regrown together, and likewise EfficientNet's expand conv,
+depthwise conv and squeeze-excitation gate. This is the published torch-pruning coupling; it is what
+makes a masked channel physically removable (`utils.compact`). A group's cost is the number of
+convs in it: restoring one channel of a ResNet stage restores one filter in each of its convs.
+
+Structured sparsity = pruned filters / all Conv2d filters (the published metric), counted from the
+masks: a filter is pruned when its whole weight-mask row is zero.
+"""
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.utils.prune as prune
+
+from utils.errors import BridgeError, UnknownChoiceError
+from utils.masks import add_masks, has_mask
+
+IMPORTANCE = ("l1", "l2", "taylor", "lamp")
+SCOPES = ("local", "global")
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Layers whose output channel c is one unit. Index lists are aligned with the root's channels."""
+
+    root: str
+    size: int
+    convs: tuple        # ((conv name, [index per root channel]), ...) whose filters (output rows) belong here
+    norms: tuple        # ((batchnorm name, [index ...]), ...)
+    consumers: tuple    # ((conv/linear name, [input index ...]), ...) reading these channels
+
+    @property
+    def cost(self):
+        """Filters restored (or removed) per channel of this group."""
+        return len(self.convs)
+
+
+def _trace_groups(model, input_size):
+    import torch_pruning as tp
+
+    model = model.eval()
+    names = {m: n for n, m in model.named_modules()}
+    ignored = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, 3, input_size, input_size))
+    groups = []
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d]):
+        convs, norms, consumers = [], [], []
+        for dep, idxs in group:
+            module, name = dep.target.module, names.get(dep.target.module)
+            if name is None:
+                continue
+            out = dep.handler.__name__ == "prune_out_channels"
+            idxs = [int(i) for i in idxs]
+            if isinstance(module, nn.Conv2d):
+                depthwise = module.groups > 1 and module.groups == module.in_channels
+                if out:
+                    convs.append((name, idxs))
+                elif not depthwise:
+                    consumers.append((name, idxs))
+            elif isinstance(module, nn.BatchNorm2d) and out:
+                norms.append((name, idxs))
+            elif isinstance(module, nn.Linear) and not out:
+                consumers.append((name, idxs))
+        if not convs:
+            continue
+        root = convs[0][0]
+        groups.append(ChannelGroup(root, len(convs[0][1]), tuple((n, tuple(i)) for n, i in convs),
+                                   tuple((n, tuple(i)) for n, i in norms), tuple((n, tuple(i)) for n, i in consumers)))
+    order = {n: k for k, (n, _) in enumerate(model.named_modules())}
+    return sorted(groups, key=lambda g: order[g.root])
+
+
+@functools.lru_cache(maxsize=None)
+def channel_groups(m_name):
+    """The channel groups of a registered model (traced once per process on a fresh instance)."""
+    from models import model_loader, model_spec
+
+    return tuple(_trace_groups(model_loader(m_name), model_spec(m_name).input_size))
+
+
+def _modules(model):
+    return dict(model.named_modules())
+
+
+def add_structured_masks(model):
+    """Masks on every Conv/Linear weight (as unstructured), every conv bias and every BatchNorm weight and bias."""
+    add_masks(model)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.bias is not None and not hasattr(m, "bias_mask"):
+            prune.identity(m, "bias")
+        if isinstance(m, nn.BatchNorm2d) and m.affine:
+            for p in ("weight", "bias"):
+                if not hasattr(m, p + "_mask"):
+                    prune.identity(m, p)
+    return model
+
+
+def is_structured_model(model):
+    return any(isinstance(m, nn.BatchNorm2d) and hasattr(m, "weight_mask") for m in model.modules())
+
+
+def _set_rows(tensor, rows, value):
+    """tensor[rows] = value on dim 0, in any memory layout."""
+    if len(rows):
+        tensor.index_fill_(0, torch.as_tensor(rows, dtype=torch.long, device=tensor.device), value)
+
+
+@torch.no_grad()
+def set_channels(model, group, channels, alive):
+    """Mask (alive=False) or unmask (alive=True) channels (root positions) of a group in every member."""
+    mods = _modules(model)
+    value = 1.0 if alive else 0.0
+    channels = list(channels)
+    for name, idxs in group.convs:
+        m = mods[name]
+        rows = [idxs[c] for c in channels]
+        _set_rows(m.weight_mask, rows, value)
+        if hasattr(m, "bias_mask"):
+            _set_rows(m.bias_mask, rows, value)
+    for name, idxs in group.norms:
+        m = mods[name]
+        rows = [idxs[c] for c in channels]
+        for p in ("weight_mask", "bias_mask"):
+            if hasattr(m, p):
+                _set_rows(getattr(m, p), rows, value)
+
+
+def alive_channels(model, group):
+    """Bool tensor over the group's channels: True where the root filter's mask row is not all zero."""
+    m = _modules(model)[group.root]
+    rows = m.weight_mask.reshape(m.weight_mask.shape[0], -1).detach().amax(1) > 0
+    return rows[torch.as_tensor(group.convs[0][1], device=rows.device)].cpu()
+
+
+def filter_counts(model):
+    """(pruned filters, total filters) over every Conv2d, from the weight masks."""
+    pruned = total = 0
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            total += m.out_channels
+            if has_mask(m):
+                rows = m.weight_mask.reshape(m.out_channels, -1).detach().amax(1)
+                pruned += int((rows == 0).sum().item())
+    return pruned, total
+
+
+def channel_sparsity(model):
+    pruned, total = filter_counts(model)
+    return pruned / total if total else 0.0
+
+
+def _filter_magnitude(weight, p):
+    w = weight.detach().float().reshape(weight.shape[0], -1)
+    return w.abs().sum(1) if p == 1 else w.norm(dim=1)
+
+
+def lamp_transform(scores):
+    """LAMP on a vector of filter scores: s_i^2 / sum of s_j^2 over entries at least as large."""
+    s = scores.float() ** 2
+    sorted_s, order = torch.sort(s)
+    tail = sorted_s.flip(0).cumsum(0).flip(0).clamp_min(torch.finfo(torch.float32).tiny)
+    out = torch.empty_like(s)
+    out[order] = sorted_s / tail
+    return out
+
+
+def group_importance(model, group, criterion, taylor=None):
+    """Importance of each channel of a group (higher = keep).
+
+    l1 / l2: filter norms of each member conv, each divided by that conv's mean over alive channels
+    (so convs of different sizes weigh alike), averaged over the members; taylor: the same with
+    sum |g * w| per filter (from `taylor`, {conv name: per-weight |g*w|}); lamp: LAMP of the l2 score.
+    """
+    mods = _modules(model)
+    alive = alive_channels(model, group)
+    total = torch.zeros(group.size)
+    for name, idxs in group.convs:
+        m = mods[name]
+        w = m.weight_orig * m.weight_mask if has_mask(m) else m.weight
+        if criterion == "taylor":
+            if taylor is None or name not in taylor:
+                raise BridgeError("taylor importance needs gradients (taylor scores) for every conv")
+            per = taylor[name].reshape(taylor[name].shape[0], -1).sum(1)
+        else:
+            per = _filter_magnitude(w, 1 if criterion == "l1" else 2)
+        per = per.cpu()[torch.as_tensor(idxs)]
+        mean = per[alive].mean() if alive.any() else per.mean()
+        total += per / mean.clamp_min(1e-12)
+    total /= max(len(group.convs), 1)
+    if criterion == "lamp":
+        total = lamp_transform(total)
+    return total
+
+
+def check_importance(criterion):
+    if criterion not in IMPORTANCE:
+        raise UnknownChoiceError("importance", criterion, IMPORTANCE)
+    return criterion
+
+
+@torch.no_grad()
+def prune_channels(model, groups, amount, criterion="l1", scope="local", taylor=None):
+    """Prune `amount` of the alive channels (local: of each group; global: of all, by importance).
+
+    Local keeps max(1, floor(alive * (1 - amount))) channels per group (the published torch-pruning
+    rule); global ranks every alive channel of every group by importance and removes the lowest-scored
+    ones until round(amount * alive filters) filters are gone (a coupled group's channel counts all its
+    filters, so the count can overshoot by one group's cost), keeping >= 1 channel per group.
+    Returns the number of filters pruned.
+    """
+    check_importance(criterion)
+    if scope not in SCOPES:
+        raise UnknownChoiceError("pruning scope", scope, SCOPES)
+    if not 0.0 <= amount < 1.0:
+        raise BridgeError(f"pruning amount must be in [0, 1), got {amount}")
+    plan = []
+    if scope == "local":
+        for g in groups:
+            alive = alive_channels(model, g)
+            n_alive = int(alive.sum())
+            keep = max(1, int(n_alive * (1.0 - amount) + 1e-9))
+            if n_alive - keep <= 0:
+                continue
+            score = group_importance(model, g, criterion, taylor).masked_fill(~alive, float("inf"))
+            plan.append((g, torch.topk(score, n_alive - keep, largest=False).indices.tolist()))
+    else:
+        entries, alive_filters = [], 0
+        for gi, g in enumerate(groups):
+            alive = alive_channels(model, g)
+            alive_filters += int(alive.sum()) * g.cost
+            score = group_importance(model, g, criterion, taylor)
+            entries += [(float(score[c]), gi, c) for c in torch.nonzero(alive).flatten().tolist()]
+        target = round(amount * alive_filters)
+        left = {gi: int(alive_channels(model, g).sum()) for gi, g in enumerate(groups)}
+        chosen = {gi: [] for gi in range(len(groups))}
+        removed = 0
+        for score, gi, c in sorted(entries):
+            if removed >= target:
+                break
+            if left[gi] <= 1:
+                continue
+            chosen[gi].append(c)
+            left[gi] -= 1
+            removed += groups[gi].cost
+        plan = [(groups[gi], cs) for gi, cs in chosen.items() if cs]
+    removed = 0
+    for g, cs in plan:
+        set_channels(model, g, cs, alive=False)
+        removed += len(cs) * g.cost
+    return removed
+
+
+def group_table(model, groups):
+    """Per group: root, members, alive channels / size, cost."""
+    rows = []
+    for g in groups:
+        alive = int(alive_channels(model, g).sum())
+        rows.append({"root": g.root, "convs": len(g.convs), "channels": g.size, "alive": alive,
+                     "pruned": g.size - alive, "cost": g.cost})
+    return rows
