@@ -91,7 +91,7 @@ def main(args):
         mode=mode, method=f"{args.pruner}-{args.scope}", folder=f"structured_{mode}", stage=f"prune_structured_{mode}",
         add_masks=add_structured_masks, prune=prune, sparsity=channel_sparsity, extra_metrics=extra_metrics,
         amount=args.ratio_per_step, iter_range=(args.iter_start, args.iter_end), targets=args.oneshot,
-        x_label="channel sparsity",
+        x_label="channel sparsity", axis_label="channel sparsity (fraction of conv filters removed)",
         columns=["sparsity", "weight_sparsity", "param_ratio", "mac_ratio", "val_acc", "test_acc",
                  "val_acc_before_finetune", "compact_params", "compact_macs", "compact_max_abs_diff", "pruner",
                  "finetune_steps", "seconds", "path"])

@@ -1,7 +1,9 @@
 """Evaluate one checkpoint or a folder of them: accuracy, sparsity and cost.
 
-For each checkpoint: test and val accuracy, global and per-layer sparsity, non-zero parameters,
-dense and non-zero MACs (multiply-accumulates per image). Prints a table and writes a CSV
+For each checkpoint: test and val accuracy, global and per-layer weight sparsity, channel (filter)
+sparsity, non-zero parameters, dense and non-zero MACs (multiply-accumulates per image); structured
+checkpoints also report the MACs of their compact export, and compact files (*_compact.pth) are
+evaluated as they are. Prints a table and writes a CSV
 (--csv; default next to the checkpoint, or evaluation.csv in the folder). For a folder it also
 plots accuracy against sparsity: pruning checkpoints form the curve and regrown checkpoints are
 drawn as points, with an arrow from the sparse model each one started from.
@@ -16,9 +18,11 @@ import os
 from models import model_spec
 from utils import cli
 from utils.checkpoints import load_checkpoint, model_from_checkpoint
+from utils.compact import export_compact, load_compact
 from utils.errors import BridgeError
 from utils.masks import format_layer_table, layer_table, model_sparsity
 from utils.metrics import model_cost
+from utils.structured import filter_counts, is_structured_model
 from utils.plots import plot_accuracy_vs_sparsity
 from utils.progress import log
 from utils.records import write_csv
@@ -78,14 +82,24 @@ def main(args):
         m_name = args.m_name or meta.get("model")
         if m_name is None:
             raise BridgeError(f"{path} does not record its model; pass --m_name")
-        model, ckpt = model_from_checkpoint(path, m_name, trust_pickle=args.trust_pickle)
+        if meta.get("format") == "bridge-compact-v1":
+            model, ckpt = load_compact(path)
+        else:
+            model, ckpt = model_from_checkpoint(path, m_name, trust_pickle=args.trust_pickle)
         model = to_device(model, device, precision)
         if data is None and not args.no_eval:
             data = cli.build_data(argparse.Namespace(**{**vars(args), "m_name": m_name}), device)
             log(data.describe())
-        cost = model_cost(model, model_spec(m_name).input_size, device)
+        size = model_spec(m_name).input_size
+        cost = model_cost(model, size, device)
+        pruned_filters, total_filters = filter_counts(model)
+        structured = is_structured_model(model)
         row = {"file": path, "model": m_name, "stage": ckpt.get("stage"), "kind": kind_of(ckpt.get("stage")),
-               "sparsity": model_sparsity(model), **cost}
+               "sparsity": float(ckpt["sparsity"]) if ckpt.get("sparsity") is not None else model_sparsity(model),
+               "weight_sparsity": model_sparsity(model), "channel_sparsity": pruned_filters / max(total_filters, 1),
+               "structured": structured, **cost}
+        if structured:
+            row["compact_macs"] = model_cost(export_compact(model, m_name), size)["macs"]
         if not args.no_eval:
             row["test_acc"], row["test_loss"] = evaluate(model, data.test, device, precision)
             row["val_acc"], _ = evaluate(model, data.val, device, precision)
@@ -101,12 +115,14 @@ def main(args):
     if not rows:
         raise BridgeError(f"no model checkpoint under {args.model_path}")
 
-    header = f"{'file':<60} {'sparsity':>9} {'nonzero':>10} {'MACs (M)':>9} {'nz MACs (M)':>11} {'val':>6} {'test':>6}"
+    header = (f"{'file':<56} {'weight sp':>9} {'chan sp':>7} {'nonzero':>10} {'MACs (M)':>9} {'nz/compact':>10} "
+              f"{'val':>6} {'test':>6}")
     lines = [header]
     for r in rows:
-        name = r["file"] if len(r["file"]) <= 60 else "..." + r["file"][-57:]
-        lines.append(f"{name:<60} {r['sparsity']:>9.4f} {r['nonzero_params']:>10,} {r['macs'] / 1e6:>9.2f} "
-                     f"{r['nonzero_macs'] / 1e6:>11.2f} {r.get('val_acc', float('nan')):>6.2f} "
+        name = r["file"] if len(r["file"]) <= 56 else "..." + r["file"][-53:]
+        effective = r.get("compact_macs", r["nonzero_macs"])
+        lines.append(f"{name:<56} {r['weight_sparsity']:>9.4f} {r['channel_sparsity']:>7.4f} {r['nonzero_params']:>10,} "
+                     f"{r['macs'] / 1e6:>9.2f} {effective / 1e6:>10.2f} {r.get('val_acc', float('nan')):>6.2f} "
                      f"{r.get('test_acc', float('nan')):>6.2f}")
     log("\n" + "\n".join(lines))
     base = args.model_path if os.path.isdir(args.model_path) else os.path.splitext(args.model_path)[0]

@@ -140,6 +140,8 @@ def normalise_checkpoint(obj, source="<memory>"):
         return {"format": "pickled-module", "state_dict": obj.state_dict(), "metrics": {}}
     if not isinstance(obj, dict):
         raise CheckpointError(f"{source} is not a checkpoint (it holds a {type(obj).__name__})")
+    if obj.get("format") == "bridge-compact-v1":  # filters physically removed (utils.compact.load_compact)
+        return dict(obj)
     if obj.get("format") == FORMAT:
         out = dict(obj)
         out["state_dict"] = _strip_prefix(obj["state_dict"])

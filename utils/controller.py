@@ -92,7 +92,8 @@ def _sample(logits, generator, greedy=False):
 
 
 def sample_allocation(agent, names, capacities, budget=None, budget_options=None, total_weights=None,
-                      generator=None, position="oneshot", guard_layer=None, greedy=False, units=None):
+                      generator=None, position="oneshot", guard_layer=None, greedy=False, units=None,
+                      top_up_order=None):
     """Run the controller over the search layers and sample an allocation.
 
     names: search layers in order; capacities: {layer: pruned count}. Either a fixed `budget` (one-shot)
@@ -101,6 +102,8 @@ def sample_allocation(agent, names, capacities, budget=None, budget_options=None
     guard_layer: iterative safeguard, the layer that gets 1 weight if everything rounds to 0.
     units: {layer: size} when a layer can only grow in whole units (a coupled filter group restores
     `size` filters per channel); counts are then multiples of the unit (capacities and budget in filters).
+    top_up_order: layers to hand any budget left after the last decision to, in that order, up to their
+    capacity (the published structured controller's greedy top-up; log-probs are left unchanged).
     """
     caps = [int(capacities[n]) for n in names]
     total_cap = sum(caps)
@@ -140,6 +143,13 @@ def sample_allocation(agent, names, capacities, budget=None, budget_options=None
         counts.append(chosen)
         actions.append(a)
         prev = logits
+    for name in top_up_order or []:
+        if remaining <= 0:
+            break
+        i, unit = names.index(name), (int(units.get(name, 1)) if units else 1)
+        add = min(caps[i] - counts[i], remaining) // unit * unit
+        counts[i] += add
+        remaining -= add
     guard_used = False
     if sum(counts) == 0 and guard_layer is not None and guard_layer in names and capacities[guard_layer] > 0:
         unit = int(units.get(guard_layer, 1)) if units else 1

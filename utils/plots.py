@@ -16,7 +16,7 @@ def _save(fig, path):
     return path
 
 
-def _sparsity_axis(ax, sparsities):
+def _sparsity_axis(ax, sparsities, label="sparsity (fraction of prunable weights removed)"):
     """Logit scale spreads 0.9 / 0.99 / 0.999 evenly, which is where pruning curves live."""
     finite = [s for s in sparsities if 0 < s < 1]
     if finite and len(finite) == len(sparsities):
@@ -29,11 +29,12 @@ def _sparsity_axis(ax, sparsities):
         ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_minor_locator(NullLocator())
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.set_xlabel("sparsity (fraction of prunable weights removed, logit scale)")
+        label += ", logit scale"
+    ax.set_xlabel(label)
 
 
 def plot_accuracy_vs_sparsity(series, path, title="accuracy vs sparsity", ylabel="accuracy (%)", points=None,
-                              arrows=None):
+                              arrows=None, xlabel="sparsity (fraction of prunable weights removed)"):
     """Lines of accuracy against sparsity.
 
     series: {label: [(sparsity, accuracy), ...]} drawn as lines with markers;
@@ -56,7 +57,7 @@ def plot_accuracy_vs_sparsity(series, path, title="accuracy vs sparsity", ylabel
             ax.scatter(xs, ys, marker="*", s=120, zorder=5, label=label)
     for (s0, a0), (s1, a1) in arrows or []:
         ax.annotate("", xy=(s1, a1), xytext=(s0, a0), arrowprops=dict(arrowstyle="->", color="0.3"))
-    _sparsity_axis(ax, all_s)
+    _sparsity_axis(ax, all_s, xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -69,6 +69,7 @@ class PruningPlan:
     targets: list = field(default_factory=list)
     columns: list = field(default_factory=list)
     x_label: str = "sparsity"
+    axis_label: str = "sparsity (fraction of prunable weights removed)"
 
 
 def run_pruning(args, plan):
@@ -148,7 +149,8 @@ def run_pruning(args, plan):
     series = {f"{plan.method} {plan.mode} (val)": [(r["sparsity"], r["val_acc"]) for r in rows],
               f"{plan.method} {plan.mode} (test)": [(r["sparsity"], r["test_acc"]) for r in rows]}
     png = plot_accuracy_vs_sparsity(series, os.path.join(out_dir, "accuracy_vs_sparsity.png"),
-                                    f"{args.m_name} {plan.folder} pruning ({plan.method}); dense val {dense_val:.2f}")
+                                    f"{args.m_name} {plan.folder} pruning ({plan.method}); dense val {dense_val:.2f}",
+                                    xlabel=plan.axis_label)
     log(f"wrote checkpoints to {out_dir}/, table {csv_path}, curve {png}")
     return rows
 

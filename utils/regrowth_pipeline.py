@@ -1,9 +1,14 @@
-"""What every regrowth script shares: flags, loading the dense and sparse models, SSIM search space,
-saliency, the controller, the final finetune and the written outputs.
+"""The regrowth stage, shared by the four regrowth scripts (unstructured / structured, one-shot / iterative).
 
-The top-level regrowth scripts only decide the budget and the reward reference (one-shot: the
-sparse model's val accuracy; iterative: the pruning curve) and call these pieces in order.
+    one-shot:  SSIM search space -> budget -> search (episodes: allocate, regrow, mini-finetune, reward)
+               -> best allocation -> final finetune -> checkpoints, logs, summary, plots
+    iterative: per iteration, the same with a budget searched too and a reward against the pruning
+               curve; the best episode's mini-finetuned model starts the next iteration
+
+What a unit of regrowth is (a layer's weights, or a channel group's filters) lives in
+utils/regrowth_kinds.py; the scripts only set published defaults, the budget and the reward reference.
 """
+import glob
 import math
 import os
 import time
@@ -14,22 +19,24 @@ import torch
 from models import MODEL_NAMES, canonical_model_name, model_loader
 from utils import cli
 from utils.allocators import ALLOCATORS
-from utils.checkpoints import load_state_into, model_from_checkpoint, save_checkpoint
+from utils.checkpoints import load_checkpoint, load_state_into, model_from_checkpoint, save_checkpoint
 from utils.controller import Reinforce, ReinforceConfig, RegrowthAgent
 from utils.errors import BridgeError, UnknownChoiceError
-from utils.features import format_ssim_table, layer_ssim, select_search_space
 from utils.masks import count_pruned_params, masked_modules
-from utils.plots import plot_allocation, plot_search_curves
+from utils.plots import plot_accuracy_vs_sparsity, plot_allocation, plot_search_curves
 from utils.progress import log
-from utils.regrowth import INIT_ALIASES, INIT_STRATEGIES, canonical_init, dense_reference_weights, layer_capacities
+from utils.pruning_curve import load_pruning_curve
+from utils.records import WandbLog, append_jsonl, read_jsonl, write_json, write_jsonl
+from utils.regrowth import INIT_ALIASES, INIT_STRATEGIES, canonical_init
+from utils.regrowth_search import RegrowthEnv, SearchConfig, ensure_best_states, run_search
 from utils.runtime import Precision, resolve_device, resolve_precision, set_seed, to_device
-from utils.saliency import layer_mean_saliency, weight_saliency
-from utils.training import adamw_finetune_optimizer, evaluate, finetune
+from utils.training import clone_state, evaluate, finetune
 
 
 def add_search_args(p, *, m_name="effnet", num_epochs=400, patience=50, ssim_num_batches=64, save_dir,
-                    init_choices=INIT_STRATEGIES + tuple(INIT_ALIASES)):
-    """Flags shared by the one-shot and iterative scripts, with the published defaults."""
+                    init_default="zero", init_choices=INIT_STRATEGIES + tuple(INIT_ALIASES), mini_epochs=50,
+                    budget_bonus=0.005):
+    """Flags shared by every regrowth script, with the published defaults."""
     p.add_argument("--m_name", default=m_name, help=f"model: {', '.join(MODEL_NAMES)}")
     p.add_argument("--dense_ckpt", default=None,
                    help="dense pretrained model (default {work_dir}/{m_name}/checkpoint/ckpt.pth)")
@@ -45,41 +52,48 @@ def add_search_args(p, *, m_name="effnet", num_epochs=400, patience=50, ssim_num
     g.add_argument("--start_beta", type=float, default=0.40)
     g.add_argument("--end_beta", type=float, default=0.04)
     g.add_argument("--decay_fraction", type=float, default=0.4)
-    g.add_argument("--budget_bonus", type=float, default=0.005)
+    g.add_argument("--reward_temperature", type=float, default=0.005, help="advantage scale τ (where used)")
+    g.add_argument("--entropy_coef", type=float, default=0.5, help="accepted for compatibility (unused, as published)")
+    g.add_argument("--budget_bonus", type=float, default=budget_bonus, help="reward weight of the budget usage")
     g.add_argument("--early_stop_patience", type=int, default=patience)
     g.add_argument("--min_epochs", type=int, default=50)
     g.add_argument("--reward_std_threshold", type=float, default=0.002)
     g.add_argument("--reward_window_size", type=int, default=20)
-    g.add_argument("--ssim_threshold", type=float, default=0.0, help="layers with SSIM <= this are searched")
+    g.add_argument("--ssim_threshold", type=float, default=0.0, help="units with SSIM <= this are searched")
     g.add_argument("--ssim_num_batches", type=int, default=ssim_num_batches, help="validation batches for SSIM")
     g.add_argument("--include_linear", action="store_true", help="let Linear layers (no SSIM) join the search")
-    g.add_argument("--init_strategy", default="zero", choices=init_choices,
-                   help="initial value of regrown weights (reference = dense pretrained value; magnitude = alias)")
+    g.add_argument("--init_strategy", default=init_default, choices=init_choices,
+                   help="initial value of what is regrown (reference = the dense pretrained value)")
     g.add_argument("--saliency_batches", type=int, default=None, help="limit the saliency pass (default: one epoch)")
-    g.add_argument("--mini_finetune_epochs", type=float, default=None, help="per-episode finetune length in epochs")
-    g.add_argument("--mini_finetune_steps", type=int, default=None, help="per-episode finetune length in steps")
+    g.add_argument("--mini_finetune_epochs", type=float, default=mini_epochs,
+                   help=f"per-episode finetune length in epochs (published {mini_epochs})")
+    g.add_argument("--mini_finetune_steps", type=int, default=None, help="per-episode finetune length in steps "
+                   "(overrides --mini_finetune_epochs)")
     g.add_argument("--resume", action="store_true", help="continue an interrupted search")
     g.add_argument("--trust_pickle", action="store_true", help="allow reading pickled published checkpoints")
+    g.add_argument("--no_wandb", action="store_true", help="accepted for compatibility; wandb is only used with --wandb")
+    g.add_argument("--wandb", action="store_true", help="also log episodes to Weights & Biases (imported lazily)")
     f = p.add_argument_group("final finetune")
-    f.add_argument("--finetune_epochs", type=float, default=None, help="finetune of the best allocation (0 skips)")
+    f.add_argument("--finetune_epochs", type=float, default=None, help="finetune of the best result (0/none skips)")
     f.add_argument("--finetune_scope", default="all", choices=("all", "regrown"),
                    help="all: every weight trains; regrown: only the regrown weights change")
     f.add_argument("--finetune_lr", type=float, default=3e-4)
     cli.add_data_args(p)
     cli.add_runtime_args(p)
-    g.add_argument("--no_wandb", action="store_true", help="accepted for compatibility; wandb is only used with --wandb")
-    g.add_argument("--wandb", action="store_true", help="also log episodes to Weights & Biases (imported lazily)")
 
 
-def validate_search_args(args):
+def validate_search_args(args, structured=False):
     args.m_name = canonical_model_name(args.m_name)
-    args.init_strategy = canonical_init(args.init_strategy)
+    if structured:
+        from utils.structured_regrowth import check_structured_init
+
+        args.init_strategy = check_structured_init(args.init_strategy)
+    else:
+        args.init_strategy = canonical_init(args.init_strategy)
     if args.allocator not in ALLOCATORS:
         raise UnknownChoiceError("allocator", args.allocator, ALLOCATORS)
     if args.num_epochs < 1:
         raise BridgeError("--num_epochs must be at least 1")
-    if args.mini_finetune_epochs is not None and args.mini_finetune_steps is not None:
-        raise BridgeError("give --mini_finetune_epochs or --mini_finetune_steps, not both")
 
 
 @dataclass
@@ -128,53 +142,23 @@ def work_model_like(setup, state):
     return load_state_into(model, state)
 
 
-def search_space(setup, model, capacities_of=layer_capacities):
-    """SSIM per masked conv layer (dense vs `model`) and the ordered search space; prints the table."""
-    args = setup.args
-    t0 = time.perf_counter()
-    ssim = layer_ssim(setup.dense, model, setup.data.val, setup.device, setup.masked_names, args.ssim_num_batches,
-                      Precision(None, setup.precision.channels_last))
-    names, fallback = select_search_space(ssim, setup.masked_names, args.ssim_threshold, args.include_linear)
-    caps_all = capacities_of(model, setup.masked_names)
-    names = [n for n in names if caps_all[n] > 0] or names
-    log(f"SSIM (dense vs sparse, {args.ssim_num_batches} val batches, {time.perf_counter() - t0:.1f} s):")
-    log(format_ssim_table(ssim, setup.masked_names, names, caps_all))
-    if fallback:
-        log(f"no layer has SSIM <= {args.ssim_threshold}: searching only the lowest-SSIM layer {names[0]} "
-            "(raise --ssim_threshold to search more layers)")
-    return names, ssim, {n: caps_all[n] for n in names}
-
-
-def compute_saliency(setup, names, with_taylor=False):
-    t0 = time.perf_counter()
-    sal = weight_saliency(setup.dense, setup.data.train, names, setup.device, setup.args.saliency_batches,
-                          Precision(None, setup.precision.channels_last), with_taylor=with_taylor)
-    means = layer_mean_saliency(sal[0] if with_taylor else sal)
-    log(f"saliency (dL/dθ)²·θ² on the dense model over {setup.args.saliency_batches or len(setup.data.train)} "
-        f"train batches: {time.perf_counter() - t0:.1f} s; mean per layer "
-        + ", ".join(f"{n} {v:.2e}" for n, v in list(means.items())[:6]) + (" ..." if len(means) > 6 else ""))
-    return sal
-
-
-def mini_finetune_steps(args, steps_per_epoch, published_epochs):
+def mini_finetune_steps(args, steps_per_epoch):
     if args.mini_finetune_steps is not None:
         return args.mini_finetune_steps
-    epochs = published_epochs if args.mini_finetune_epochs is None else args.mini_finetune_epochs
-    return max(1, int(round(epochs * steps_per_epoch)))
+    return max(1, int(round(args.mini_finetune_epochs * steps_per_epoch)))
 
 
-def make_reinforce(args, iterative, action_space_size, budget_space_size=0):
+def make_reinforce(args, action_space_size, budget_space_size=0, advantage="temperature", clip=100.0):
     agent = RegrowthAgent(action_space_size, args.hidden_size, budget_space_size)
     cfg = ReinforceConfig(
-        learning_rate=args.learning_rate, advantage="window_std" if iterative else "temperature",
-        reward_temperature=getattr(args, "reward_temperature", 0.005), advantage_clip=10.0 if iterative else 100.0,
-        start_beta=args.start_beta, end_beta=args.end_beta, decay_fraction=args.decay_fraction,
+        learning_rate=args.learning_rate, advantage=advantage, reward_temperature=args.reward_temperature,
+        advantage_clip=clip, start_beta=args.start_beta, end_beta=args.end_beta, decay_fraction=args.decay_fraction,
         num_episodes=args.num_epochs, early_stop_patience=args.early_stop_patience, min_episodes=args.min_epochs,
         reward_std_threshold=args.reward_std_threshold, reward_window_size=args.reward_window_size)
     return Reinforce(agent, cfg)
 
 
-def restrict_to_regrown(model, regrown_idx):
+def restrict_to_regrown(model, weight_idx):
     """Freeze everything but the regrown weights; returns an after_step hook restoring the rest exactly.
 
     Only the weight_orig tensors that received regrown weights stay trainable, and after each optimizer
@@ -184,7 +168,7 @@ def restrict_to_regrown(model, regrown_idx):
     keep = {}
     for p in model.parameters():
         p.requires_grad_(False)
-    for name, idx in regrown_idx.items():
+    for name, idx in weight_idx.items():
         if idx.numel() == 0:
             continue
         w = modules[name].weight_orig
@@ -215,12 +199,12 @@ def cosine_with_warmup(optimizer, total_steps, warmup_fraction=0.05):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def final_finetune(setup, model, regrown_idx, epochs, desc="final finetune"):
+def final_finetune(setup, model, weight_idx, epochs, desc="final finetune"):
     """Finetune the regrown model (scope per --finetune_scope); returns (val, test, FinetuneResult or None)."""
     args = setup.args
     res = None
     if epochs and epochs > 0:
-        after = restrict_to_regrown(model, regrown_idx) if args.finetune_scope == "regrown" else None
+        after = restrict_to_regrown(model, weight_idx) if args.finetune_scope == "regrown" else None
         params = [p for p in model.parameters() if p.requires_grad]
         weight_decay = 0.0 if args.finetune_scope == "regrown" else 0.01
         opt = torch.optim.AdamW(params, lr=args.finetune_lr, weight_decay=weight_decay)
@@ -235,13 +219,295 @@ def final_finetune(setup, model, regrown_idx, epochs, desc="final finetune"):
     return val_acc, test_acc, res
 
 
-def write_search_outputs(out_dir, rows, names, best_alloc, capacities, ssim, title):
-    """Reward/entropy curves and the best allocation per layer as PNGs."""
+def save_model(path, model, setup, stage, metrics, kind, **extra):
+    return save_checkpoint(path, model, setup.args.m_name, setup.data.spec.name, stage, setup.args, metrics,
+                           sparsity=kind.sparsity(model), **extra)
+
+
+def write_search_outputs(out_dir, rows, space, best_alloc, title):
+    """Reward/entropy curves and the best allocation per unit as PNGs."""
     curves = plot_search_curves(rows, os.path.join(out_dir, "search_curves.png"), title)
-    alloc = plot_allocation(names, best_alloc, capacities, ssim, os.path.join(out_dir, "allocation.png"), title)
+    alloc = plot_allocation(space.names, best_alloc, space.capacities, space.ssim,
+                            os.path.join(out_dir, "allocation.png"), title)
     return curves, alloc
 
 
-def save_model(path, model, setup, stage, metrics, **extra):
-    return save_checkpoint(path, model, setup.args.m_name, setup.data.spec.name, stage, setup.args, metrics, **extra)
+def _search_config(args, space, budget=None, budget_options=None, position="oneshot", guard=None, top_up=None):
+    return SearchConfig(allocator=args.allocator, num_episodes=args.num_epochs, budget=budget,
+                        budget_options=budget_options, position=position, guard_layer=guard, seed=args.seed,
+                        units=space.units, top_up_order=top_up)
 
+
+# ------------------------------------------------------------------------------------------------
+# one-shot
+# ------------------------------------------------------------------------------------------------
+
+def run_oneshot(args, kind_cls, *, sparse_path, out_dir, requested, reference, script, rl_options):
+    """One regrowth step (see module docstring).
+
+    requested(setup, kind) -> budget asked for; reference(setup, kind, sparse_val) -> fn(sparsity) giving
+    the reward's reference accuracy; rl_options: {action_space_size, advantage, clip, position, top_up}.
+    """
+    cli.print_args(args, script)
+    t_run = time.perf_counter()
+    setup, sparse, _ = prepare(args, sparse_path)
+    kind = kind_cls(setup)
+    os.makedirs(out_dir, exist_ok=True)
+    want = requested(setup, kind)
+    space = kind.search_space(sparse, top_up_to=want if rl_options.get("top_up") else None)
+    capacity = sum(space.capacities.values())
+    budget = min(want, capacity)
+    log(f"total {kind.unit_label} {kind.total():,} | requested {want:,} | capacity of the search space "
+        f"{capacity:,} | budget {budget:,}" + (f" (clamped to the capacity of {len(space.names)} unit(s))"
+                                                if budget < want else ""))
+    if budget <= 0:
+        raise BridgeError(f"the search space has no pruned {kind.unit_label} to regrow")
+    regrower = kind.regrower(space)
+    sparse_val, _ = evaluate(sparse, setup.data.val, setup.device, setup.precision)
+    sparse_test, _ = evaluate(sparse, setup.data.test, setup.device, setup.precision)
+    start_sparsity = kind.sparsity(sparse)
+    ref_fn = reference(setup, kind, sparse_val)
+    log(f"sparse start {sparse_path}: {kind.describe(sparse)}, val {sparse_val:.2f}, test {sparse_test:.2f}")
+
+    steps = mini_finetune_steps(args, len(setup.data.train))
+    env = RegrowthEnv(work_model_like(setup, sparse.state_dict()), clone_state(sparse), regrower, setup.data,
+                      setup.device, setup.precision, steps, ref_fn, args.budget_bonus, kind.total(), args.seed)
+    reinforce = (make_reinforce(args, rl_options["action_space_size"], 0, rl_options["advantage"], rl_options["clip"])
+                 if args.allocator == "rl" else None)
+    wandb = WandbLog(args.wandb, "bridge_" + kind.stage_prefix, f"{args.m_name}_{start_sparsity:.4f}", vars(args))
+    log(f"search: allocator {args.allocator}, up to {args.num_epochs} episodes, mini-finetune {steps} steps "
+        f"({steps / len(setup.data.train):.2f} epochs) per episode")
+    stage = f"{kind.stage_prefix}_oneshot"
+
+    def on_best(e, result):
+        for old in glob.glob(os.path.join(out_dir, "best_ep*_rwd*.pth")):
+            os.remove(old)
+        env.model.load_state_dict(result.pre_state)
+        save_model(os.path.join(out_dir, f"best_ep{e + 1}_rwd{result.reward:+.4f}.pth"), env.model, setup,
+                   f"{stage}_best_prefinetune", {"val_acc_after_mini_finetune": result.val_acc}, kind,
+                   allocation=result.allocation, episode=e + 1, reward=result.reward, start_ckpt=sparse_path)
+
+    def on_episode(e, result):
+        wandb.log({"episode": e + 1, "reward": result.reward, "acc": result.val_acc, "usage": result.usage})
+        acc_baseline = getattr(args, "acc_baseline", None)
+        if acc_baseline is not None and result.val_acc / 100 > acc_baseline:
+            env.model.load_state_dict(result.pre_state)
+            save_model(os.path.join(out_dir, f"baseline_exceeded_ep{e + 1}_acc{result.val_acc:.2f}.pth"), env.model,
+                       setup, f"{stage}_baseline_exceeded", {"val_acc_after_mini_finetune": result.val_acc}, kind,
+                       allocation=result.allocation, episode=e + 1)
+
+    cfg = _search_config(args, space, budget=budget, position=rl_options["position"],
+                         top_up=kind.top_up_order(space, sparse) if rl_options.get("top_up") else None)
+    outcome = run_search(env, space.names, space.ssim, space.capacities, cfg, reinforce, out_dir, args.resume,
+                         on_best, on_episode, tag=f"oneshot {args.allocator}")
+    best = outcome.best
+    log(f"search done: {outcome.episodes} episodes in {outcome.seconds:.0f} s ({outcome.stop_reason}); best episode "
+        f"{outcome.best_episode + 1}: val {best.val_acc:.2f} after mini-finetune (reference {best.reference_acc:.2f}), "
+        f"reward {best.reward:+.4f}")
+
+    # final finetune from the best allocation's regrown (pre-finetune) state: regrowing again with the
+    # best episode's init seed rebuilds exactly the state saved as best_ep*.pth
+    regrown, _ = env.regrow(best.allocation, outcome.best_episode)
+    final = env.model
+    ft_epochs = args.finetune_epochs or 0
+    val_acc, test_acc, _ = final_finetune(setup, final, kind.weight_indices(regrown), ft_epochs)
+    final_sparsity = kind.sparsity(final)
+    final_path = save_model(os.path.join(out_dir, "final_finetuned.pth"), final, setup, f"{stage}_final",
+                            {"val_acc": val_acc, "test_acc": test_acc}, kind, allocation=best.allocation,
+                            start_ckpt=sparse_path, start_sparsity=start_sparsity,
+                            start_metrics={"val_acc": sparse_val, "test_acc": sparse_test},
+                            finetune_epochs=ft_epochs, finetune_scope=args.finetune_scope,
+                            search_units=space.names, ssim=space.ssim)
+    summary = {
+        "model": args.m_name, "kind": kind.unit_label, "start_ckpt": sparse_path, "start_sparsity": start_sparsity,
+        "final_sparsity": final_sparsity, "budget": budget, "regrown": best.regrown, "allocator": args.allocator,
+        "sparse_val_acc": sparse_val, "sparse_test_acc": sparse_test, "best_episode": outcome.best_episode + 1,
+        "best_reward": best.reward, "best_val_acc_after_mini_finetune": best.val_acc,
+        "reference_acc_of_best": best.reference_acc, "episodes": outcome.episodes, "stop_reason": outcome.stop_reason,
+        "search_seconds": outcome.seconds, "mini_finetune_steps": steps, "final_finetune_epochs": ft_epochs,
+        "final_val_acc": val_acc, "final_test_acc": test_acc, "best_allocation": best.allocation,
+        "search_layers": space.names, "ssim": space.ssim, "run_seconds": time.perf_counter() - t_run,
+        "final_description": kind.describe(final),
+    }
+    write_json(os.path.join(out_dir, "summary.json"), summary)
+    with open(os.path.join(out_dir, "search_summary.txt"), "w") as fh:
+        fh.write(f"model: {args.m_name}\nstart checkpoint: {sparse_path}\n"
+                 f"sparsity: {start_sparsity:.4f} -> {final_sparsity:.4f} "
+                 f"(regrew {best.regrown:,} {kind.unit_label} of a budget of {budget:,})\n"
+                 f"sparse model val acc: {sparse_val:.2f}  test acc: {sparse_test:.2f}\n"
+                 f"best episode: {outcome.best_episode + 1} of {outcome.episodes} ({outcome.stop_reason})\n"
+                 f"best val acc after mini-finetune ({steps} steps): {best.val_acc:.2f} "
+                 f"(reward reference {best.reference_acc:.2f})\n"
+                 f"best reward (accuracy gain/100 + budget bonus): {best.reward:+.4f}\n"
+                 f"final finetune: {ft_epochs:g} epochs, scope {args.finetune_scope}\n"
+                 f"final val acc: {val_acc:.2f}  test acc: {test_acc:.2f}\n"
+                 f"search time: {outcome.seconds:.0f} s ({outcome.seconds / 3600:.2f} h)\n"
+                 f"best allocation: {best.allocation}\n")
+    curves, alloc_png = write_search_outputs(out_dir, outcome.rows, space, best.allocation,
+                                             f"{args.m_name} one-shot {kind.unit_label} regrowth ({args.allocator})")
+    wandb.finish()
+    log(f"final: sparsity {final_sparsity:.4f} | val {val_acc:.2f} | test {test_acc:.2f} "
+        f"(sparse start: val {sparse_val:.2f}, test {sparse_test:.2f})")
+    log(f"wrote {final_path}, {os.path.join(out_dir, 'search_summary.txt')}, episodes.jsonl, {curves}, {alloc_png}")
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------
+# iterative
+# ------------------------------------------------------------------------------------------------
+
+def add_iterative_args(p, *, budget_space_size, min_frac, max_frac, num_iters, target_sparsity, alloc_space_size=10):
+    p.add_argument("--method", default="iterative", help="output folder name under {save_dir}/{m_name}/")
+    p.add_argument("--baseline_dir", default=None, help="folder of the pruning curve the reward compares with")
+    p.add_argument("--initial_ckpt", default=None,
+                   help="sparse start model (default: the sparsest checkpoint of --baseline_dir)")
+    p.add_argument("--start_sparsity", type=float, default=None, help="label only (the published run name)")
+    p.add_argument("--target_sparsity", type=float, default=target_sparsity, help="stop once the sparsity is at most this")
+    p.add_argument("--num_iters", type=int, default=num_iters)
+    p.add_argument("--budget_space_size", type=int, default=budget_space_size)
+    p.add_argument("--alloc_space_size", type=int, default=alloc_space_size)
+    p.add_argument("--min_budget_frac", type=float, default=min_frac)
+    p.add_argument("--max_budget_frac", type=float, default=max_frac)
+    p.add_argument("--resume_iter", type=int, default=None,
+                   help="restart at this iteration from iter_{k-1}/best_grown_model.pth (default with --resume: "
+                        "after the last finished iteration)")
+
+
+def completed_iterations(run_dir):
+    done = {}
+    for path in glob.glob(os.path.join(run_dir, "iter_*", "best_grown_model.pth")):
+        try:
+            done[int(os.path.basename(os.path.dirname(path)).split("_")[1])] = path
+        except ValueError:
+            continue
+    return done
+
+
+def run_iterative(args, kind_cls, *, baseline_dir, run_dir, script, rl_options):
+    """Several regrowth steps, each rewarded against the pruning curve in `baseline_dir`."""
+    cli.check_fraction("--target_sparsity", args.target_sparsity)
+    for name in ("min_budget_frac", "max_budget_frac"):
+        cli.check_fraction(f"--{name}", getattr(args, name), low_inclusive=False)
+    if args.min_budget_frac > args.max_budget_frac or args.budget_space_size < 1:
+        raise BridgeError("need --min_budget_frac <= --max_budget_frac and --budget_space_size >= 1")
+    curve = load_pruning_curve(baseline_dir)
+    sparse_path = args.initial_ckpt or curve.sources[-1]
+    cli.print_args(args, script)
+    log(curve.describe() + f" from {baseline_dir}")
+    t_run = time.perf_counter()
+    setup, current, _ = prepare(args, sparse_path)
+    kind = kind_cls(setup)
+    os.makedirs(run_dir, exist_ok=True)
+    iter_log = os.path.join(run_dir, "iterations.jsonl")
+    steps = mini_finetune_steps(args, len(setup.data.train))
+    budget_options = torch.linspace(args.min_budget_frac, args.max_budget_frac, args.budget_space_size).tolist()
+
+    start_iter, done = 0, completed_iterations(run_dir)
+    if args.resume_iter is not None:
+        start_iter = args.resume_iter
+    elif args.resume:
+        while start_iter in done:
+            start_iter += 1
+    elif done:
+        log(f"note: {run_dir} holds earlier iterations; they are overwritten (use --resume to continue them)")
+    if start_iter > 0:
+        prev = done.get(start_iter - 1)
+        if prev is None:
+            raise BridgeError(f"cannot start at iteration {start_iter}: {run_dir}/iter_{start_iter - 1}/"
+                              "best_grown_model.pth does not exist")
+        load_state_into(current, {k: v.to(setup.device) for k, v in load_checkpoint(prev)["state_dict"].items()})
+        log(f"continuing after iteration {start_iter - 1}: {prev}")
+    rows = [r for r in read_jsonl(iter_log) if r["iteration"] < start_iter]
+    if start_iter == 0:
+        sp0 = kind.sparsity(current)
+        v0, _ = evaluate(current, setup.data.val, setup.device, setup.precision)
+        t0, _ = evaluate(current, setup.data.test, setup.device, setup.precision)
+        rows = [{"iteration": -1, "sparsity": sp0, "val_acc": v0, "test_acc": t0, "baseline_val_acc": curve(sp0),
+                 "path": sparse_path}]
+    write_jsonl(iter_log, rows)
+    wandb = WandbLog(args.wandb, "bridge_" + kind.stage_prefix + "_iterative",
+                     f"{args.m_name}_{args.start_sparsity or 'start'}", vars(args))
+    work = work_model_like(setup, current.state_dict())
+
+    for it in range(start_iter, args.num_iters):
+        sp = kind.sparsity(current)
+        if sp <= args.target_sparsity + 1e-3:
+            log(f"sparsity {sp:.4f} reached the target {args.target_sparsity}")
+            break
+        cur_val, _ = evaluate(current, setup.data.val, setup.device, setup.precision)
+        log(f"==== iteration {it}: {kind.describe(current)} | val {cur_val:.2f} | pruning curve there "
+            f"{curve(sp):.2f} (gap {cur_val - curve(sp):+.2f} pp)")
+        space = kind.search_space(current)
+        if sum(space.capacities.values()) == 0:
+            log("everything pruned in the search space is restored; stopping")
+            break
+        env = RegrowthEnv(work, clone_state(current), kind.regrower(space), setup.data, setup.device,
+                          setup.precision, steps, curve, args.budget_bonus, kind.total(), args.seed + it)
+        reinforce = (make_reinforce(args, args.alloc_space_size, args.budget_space_size, rl_options["advantage"],
+                                    rl_options["clip"]) if args.allocator == "rl" else None)
+        cfg = _search_config(args, space, budget_options=budget_options, position="iterative",
+                             guard=kind.guard_layer(space),
+                             top_up=kind.top_up_order(space, current) if rl_options.get("top_up") else None)
+        cfg.seed = args.seed + it
+        it_dir = os.path.join(run_dir, f"iter_{it}")
+        resume_search = args.resume and os.path.isfile(os.path.join(it_dir, "search_state.pth"))
+        t_it = time.perf_counter()
+        outcome = run_search(env, space.names, space.ssim, space.capacities, cfg, reinforce, it_dir, resume_search,
+                             on_episode=lambda e, r: wandb.log({"iteration": it, "episode": e + 1, "reward": r.reward}),
+                             tag=f"iter {it} {args.allocator}")
+        best = ensure_best_states(env, outcome)
+        load_state_into(current, {k: v.to(setup.device) for k, v in best.post_state.items()})
+        new_sp = kind.sparsity(current)
+        val_acc, _ = evaluate(current, setup.data.val, setup.device, setup.precision)
+        test_acc, _ = evaluate(current, setup.data.test, setup.device, setup.precision)
+        path = save_model(os.path.join(it_dir, "best_grown_model.pth"), current, setup,
+                          f"{kind.stage_prefix}_iterative_iter",
+                          {"val_acc": val_acc, "test_acc": test_acc, "baseline_val_acc": curve(new_sp)}, kind,
+                          iteration=it, allocation=best.allocation, reward=best.reward,
+                          budget_frac=outcome.best_row().get("budget_frac"))
+        write_search_outputs(it_dir, outcome.rows, space, best.allocation,
+                             f"{args.m_name} iteration {it} ({args.allocator})")
+        row = {"iteration": it, "sparsity": new_sp, "val_acc": val_acc, "test_acc": test_acc,
+               "baseline_val_acc": curve(new_sp), "delta_baseline_pp": val_acc - curve(new_sp),
+               "regrown": best.regrown, "best_reward": best.reward, "episodes": outcome.episodes,
+               "stop_reason": outcome.stop_reason, "search_units": len(space.names),
+               "seconds": time.perf_counter() - t_it, "allocation": best.allocation, "path": path}
+        append_jsonl(iter_log, row)
+        rows.append(row)
+        log(f"==== iteration {it} done: sparsity {sp:.4f} -> {new_sp:.4f} | val {val_acc:.2f} (curve "
+            f"{curve(new_sp):.2f}, {val_acc - curve(new_sp):+.2f} pp) | test {test_acc:.2f} | {row['seconds']:.0f} s "
+            f"| {path}")
+        if new_sp <= args.target_sparsity + 1e-3:
+            log(f"target sparsity {args.target_sparsity} reached")
+            break
+
+    final_val, final_test = rows[-1]["val_acc"], rows[-1]["test_acc"]
+    final_path = None
+    if args.finetune_epochs:
+        final_val, final_test, _ = final_finetune(setup, current, {}, args.finetune_epochs)
+        final_path = save_model(os.path.join(run_dir, "final_finetuned.pth"), current, setup,
+                                f"{kind.stage_prefix}_iterative_final", {"val_acc": final_val, "test_acc": final_test},
+                                kind)
+    final_sp = kind.sparsity(current)
+    summary = {"model": args.m_name, "kind": kind.unit_label, "start_ckpt": sparse_path, "baseline_dir": baseline_dir,
+               "iterations": rows, "final_sparsity": final_sp, "final_val_acc": final_val, "final_test_acc": final_test,
+               "final_checkpoint": final_path, "mini_finetune_steps": steps,
+               "run_seconds": time.perf_counter() - t_run, "final_description": kind.describe(current)}
+    write_json(os.path.join(run_dir, "summary.json"), summary)
+    with open(os.path.join(run_dir, "search_summary.txt"), "w") as fh:
+        fh.write(f"model: {args.m_name}\nstart: {sparse_path}\npruning curve: {baseline_dir} ({curve.metric})\n")
+        fh.write(f"{'iter':>4} {'sparsity':>9} {'val acc':>8} {'curve':>8} {'delta pp':>9} {'test acc':>9}\n")
+        for r in rows:
+            fh.write(f"{r['iteration']:>4} {r['sparsity']:>9.4f} {r['val_acc']:>8.2f} {r['baseline_val_acc']:>8.2f} "
+                     f"{r['val_acc'] - r['baseline_val_acc']:>+9.2f} {r['test_acc']:>9.2f}\n")
+        fh.write(f"final: sparsity {final_sp:.4f}, val {final_val:.2f}, test {final_test:.2f}\n")
+    png = plot_accuracy_vs_sparsity({"pruning curve (val)": curve.points},
+                                    os.path.join(run_dir, "trajectory.png"),
+                                    f"{args.m_name} iterative {kind.unit_label} regrowth",
+                                    points={"regrowth iterations (val)": [(r["sparsity"], r["val_acc"]) for r in rows]},
+                                    arrows=[((a["sparsity"], a["val_acc"]), (b["sparsity"], b["val_acc"]))
+                                            for a, b in zip(rows, rows[1:])])
+    wandb.finish()
+    log(f"final: sparsity {final_sp:.4f} | val {final_val:.2f} | test {final_test:.2f}")
+    log(f"wrote {run_dir}/iter_*/best_grown_model.pth, {os.path.join(run_dir, 'search_summary.txt')}, {png}")
+    return summary

@@ -108,6 +108,7 @@ class SearchConfig:
     guard_layer: str = None
     seed: int = 42
     units: dict = None                 # structured: filters per channel of each group
+    top_up_order: list = None          # structured: where leftover budget goes
 
 
 @dataclass
@@ -182,7 +183,7 @@ def run_search(env, names, ssim, capacities, cfg, reinforce=None, out_dir=None, 
             sample = sample_allocation(reinforce.agent, names, capacities, budget=cfg.budget,
                                        budget_options=cfg.budget_options, total_weights=env.total_weights,
                                        generator=policy_gen, position=cfg.position, guard_layer=cfg.guard_layer,
-                                       units=cfg.units)
+                                       units=cfg.units, top_up_order=cfg.top_up_order)
             allocation, budget = sample.allocation, sample.budget
             info = {"budget": budget, "budget_frac": sample.budget_frac, "actions": sample.actions}
         else:

@@ -1,0 +1,44 @@
+"""Stage 3 (structured, several steps): regrow filters in iterations, each with its own searched budget.
+
+regrowth_iterative.py over channel groups (see regrowth_structure_oneshot.py for the unit): per
+iteration the controller picks the budget from linspace(--min_budget_frac, --max_budget_frac,
+--budget_space_size) of all dense filters, then splits it over the searched groups (leftover budget
+goes to the groups whose pruned channels score highest, as published); the reward compares with the
+structured pruning curve in --baseline_dir (default {work_dir}/{m_name}/structured_iterative). Coupled
+channels are restored in every conv of their group, and the budget counts all of them, so no
+"safe layer" filter on ResNet shortcuts is needed (the published script dropped shortcut layers).
+
+Outputs in {save_dir}/{m_name}/{method}[_{allocator}][_{tag}]/: iter_{i}/best_grown_model.pth and the
+same logs and plots as regrowth_iterative.py.
+"""
+import argparse
+import os
+
+from utils import cli
+from utils.regrowth_kinds import StructuredKind
+from utils.regrowth_pipeline import add_iterative_args, add_search_args, run_iterative, validate_search_args
+from utils.structured_regrowth import SCORES, STRUCTURED_INITS
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser("regrowth_structure_iterative.py", description="Iterative structured (filter) regrowth")
+    add_search_args(p, m_name="resnet20", num_epochs=300, patience=40, ssim_num_batches=64,
+                    save_dir="./structured_rl_ckpts", init_default="reference",
+                    init_choices=STRUCTURED_INITS + ("magnitude",), mini_epochs=40, budget_bonus=0.0)
+    add_iterative_args(p, budget_space_size=6, min_frac=0.005, max_frac=0.01, num_iters=5, target_sparsity=0.0)
+    p.set_defaults(method="structured_iterative")
+    p.add_argument("--regrowth_score", default="fisher", choices=SCORES)
+    return p
+
+
+def main(args):
+    validate_search_args(args, structured=True)
+    name = args.method + ("" if args.allocator == "rl" else f"_{args.allocator}") + (f"_{args.tag}" if args.tag else "")
+    baseline = args.baseline_dir or os.path.join(args.work_dir, args.m_name, "structured_iterative")
+    return run_iterative(
+        args, StructuredKind, baseline_dir=baseline, run_dir=os.path.join(args.save_dir, args.m_name, name),
+        script="regrowth_structure_iterative.py", rl_options={"advantage": "temperature", "clip": 10.0, "top_up": True})
+
+
+if __name__ == "__main__":
+    cli.run(main, get_args_parser())

@@ -1,0 +1,184 @@
+"""Structured masks: channel groups, exact per-step counts, zero channels after BatchNorm, regrowth of
+dense values, and compact export equal to the masked model."""
+import pytest
+import torch
+import torch.nn as nn
+
+from models import model_loader
+from utils.compact import check_equivalence, export_compact, load_compact, save_compact
+from utils.masks import count_pruned_params
+from utils.structured import (add_structured_masks, alive_channels, channel_groups, channel_sparsity, filter_counts,
+                              group_importance, lamp_transform, prune_channels, set_channels)
+from utils.structured_regrowth import FilterRegrower, group_capacities, restore_channels
+
+
+def _randomise_bn(model):
+    """Non-trivial BatchNorm statistics and affine values, so that an unmasked channel is never zero by luck."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            w = m.weight_orig if hasattr(m, "weight_orig") else m.weight
+            b = m.bias_orig if hasattr(m, "bias_orig") else m.bias
+            w.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            b.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+    return model
+
+
+def _masked(name, seed=0):
+    torch.manual_seed(seed)
+    return _randomise_bn(add_structured_masks(model_loader(name))).eval()
+
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet20", "effnet"])
+def test_group_indices_agree_with_single_channel_queries(name):
+    """The aligned index lists equal what the dependency graph gives for one channel at a time."""
+    import torch_pruning as tp
+
+    from models import model_spec
+
+    model = model_loader(name).eval()
+    size = model_spec(name).input_size
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, 3, size, size))
+    mods = dict(model.named_modules())
+    names = {m: n for n, m in model.named_modules()}
+    for g in channel_groups(name)[::3]:
+        for c in (0, g.size - 1):
+            group = graph.get_pruning_group(mods[g.root], tp.prune_conv_out_channels, idxs=[g.convs[0][1][c]])
+            single = {names.get(dep.target.module): [int(i) for i in idxs] for dep, idxs in group}
+            for member, idxs in g.convs + g.norms:
+                assert single[member] == [idxs[c]]
+
+
+def test_resnet_stage_channels_are_coupled():
+    groups = {g.root: g for g in channel_groups("resnet20")}
+    stem = groups["conv1"]
+    assert {n for n, _ in stem.convs} == {"conv1", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2"}
+    assert stem.cost == 4
+    assert groups["layer2.0.shortcut.0"].cost == 4  # shortcut + three conv2 of stage 2
+    assert groups["layer1.0.conv1"].cost == 1
+
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet20", "effnet"])
+def test_pruned_channel_is_exactly_zero_after_batchnorm(name):
+    model = _masked(name)
+    groups = channel_groups(name)
+    prune_channels(model, groups, 0.3, "l1")
+    outs = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: outs.__setitem__(n, o.detach().clone()))  # before an in-place ReLU
+             for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    model(torch.randn(2, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    for g in groups:
+        dead = ~alive_channels(model, g)
+        assert dead.any()
+        for bn, idxs in g.norms:
+            rows = [idxs[c] for c in torch.nonzero(dead).flatten().tolist()]
+            assert torch.all(outs[bn][:, rows] == 0)
+            live = [idxs[c] for c in torch.nonzero(~dead).flatten().tolist()]
+            assert torch.all(outs[bn][:, live].abs().amax((0, 2, 3)) > 0)
+
+
+def test_per_step_counts_are_exact():
+    model = _masked("vgg16")
+    groups = channel_groups("vgg16")
+    expected_alive = {g.root: g.size for g in groups}
+    for step in range(3):
+        prune_channels(model, groups, 0.3, "l2")
+        for g in groups:
+            expected_alive[g.root] = max(1, int(expected_alive[g.root] * 0.7 + 1e-9))
+            assert int(alive_channels(model, g).sum()) == expected_alive[g.root]
+    pruned, total = filter_counts(model)
+    assert total == 4224 and pruned == 4224 - sum(expected_alive.values())
+    assert round(channel_sparsity(model), 3) == 0.659  # the published VGG16 schedule: 0.301, 0.513, 0.659
+
+
+def test_every_group_keeps_a_channel_and_linear_is_never_pruned():
+    model = _masked("resnet20")
+    groups = channel_groups("resnet20")
+    for _ in range(12):
+        prune_channels(model, groups, 0.5, "l1")
+    assert all(int(alive_channels(model, g).sum()) == 1 for g in groups)
+    assert torch.all(model.linear.weight_mask == 1)
+
+
+def test_global_scope_prunes_the_requested_filters():
+    model = _masked("vgg16")
+    groups = channel_groups("vgg16")
+    removed = prune_channels(model, groups, 0.4, "lamp", scope="global")
+    assert abs(removed - round(0.4 * 4224)) <= 1
+    assert filter_counts(model)[0] == removed
+
+
+def test_importance_prunes_the_smallest_filters():
+    model = _masked("vgg16")
+    g = channel_groups("vgg16")[3]
+    score = group_importance(model, g, "l1")
+    prune_channels(model, [g], 0.25, "l1")
+    dead = ~alive_channels(model, g)
+    assert score[dead].max() <= score[~dead].min()
+    assert torch.allclose(lamp_transform(torch.tensor([2.0, 1.0])), torch.tensor([1.0, 1.0 / 5.0]))
+
+
+def test_regrown_filters_take_dense_values():
+    torch.manual_seed(0)
+    dense = _randomise_bn(model_loader("resnet20")).eval()
+    dense_state = {k: v.clone() for k, v in dense.state_dict().items()}
+    sparse = model_loader("resnet20")
+    sparse.load_state_dict(dense_state)
+    add_structured_masks(sparse)
+    groups = channel_groups("resnet20")
+    prune_channels(sparse, groups, 0.5, "l1")
+    with torch.no_grad():  # training moved the weights since pruning
+        for n, p in sparse.named_parameters():
+            p.mul_(0.5)
+    g = next(g for g in groups if g.root == "layer2.0.shortcut.0")
+    caps = group_capacities(sparse, [g])
+    dead = torch.nonzero(~alive_channels(sparse, g)).flatten().tolist()
+    scores = {g.root: torch.arange(g.size, dtype=torch.float)}  # higher index = more salient
+    regrower = FilterRegrower([g], scores, dense_state)
+    regrown, filters = regrower.apply(sparse, {g.root: 2 * g.cost})
+    chans = regrown[g.root].tolist()
+    dead_before = 16  # 32 channels, half pruned
+    assert len(chans) == 2 and filters == 2 * g.cost and caps[g.root] == dead_before * g.cost
+    mods = dict(sparse.named_modules())
+    for name, idxs in g.convs:
+        rows = [idxs[c] for c in chans]
+        assert torch.equal(mods[name].weight_orig[rows], dense_state[f"{name}.weight"][rows])
+        assert torch.all(mods[name].weight_mask[rows] == 1)
+    for name, idxs in g.norms:
+        rows = [idxs[c] for c in chans]
+        for p in ("weight", "bias"):
+            assert torch.equal(getattr(mods[name], p + "_orig")[rows], dense_state[f"{name}.{p}"][rows])
+        assert torch.equal(mods[name].running_var[rows], dense_state[f"{name}.running_var"][rows])
+    for name, idxs in g.consumers:
+        cols = [idxs[c] for c in chans]
+        assert torch.equal(mods[name].weight_orig[:, cols], dense_state[f"{name}.weight"][:, cols])
+    assert chans == sorted(dead)[-2:][::-1]  # the highest-scored pruned channels came back
+    assert int(alive_channels(sparse, g).sum()) == 18
+
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet20", "effnet"])
+def test_compact_model_matches_masked_model(name, tmp_path):
+    model = _masked(name)
+    prune_channels(model, channel_groups(name), 0.5, "l1")
+    compact = export_compact(model, name)
+    assert check_equivalence(model, compact, 32) < 1e-4
+    full = sum(p.numel() for p in model_loader(name).parameters())
+    assert sum(p.numel() for p in compact.parameters()) < 0.5 * full
+    save_compact(tmp_path / "c.pth", compact, name, model)
+    again, ckpt = load_compact(tmp_path / "c.pth")
+    assert ckpt["model"] == name
+    assert check_equivalence(model, again, 32) < 1e-4
+
+
+def test_set_channels_round_trip():
+    model = _masked("vgg16")
+    g = channel_groups("vgg16")[0]
+    set_channels(model, g, [0, 5], alive=False)
+    assert alive_channels(model, g).tolist().count(False) == 2
+    assert count_pruned_params(model)[2] == 2 * 27  # two 3x3x3 filters
+    restore_channels(model, g, [0, 5], {k: v for k, v in model_loader("vgg16").state_dict().items()}, "zero")
+    assert bool(alive_channels(model, g).all())

@@ -1,0 +1,203 @@
+"""What regrowth searches over: single weights of layers, or filters of channel groups.
+
+A *kind* turns a sparse model into a search space (units in priority order, their SSIM, capacity and
+granularity) and builds the regrower that restores an allocation. The search, rewards, outputs and
+finetuning (utils/regrowth_pipeline.py) are the same for both kinds.
+
+* UnstructuredKind: a unit is a masked Conv2d/Linear layer; capacity = its pruned weights; saliency
+  (dL/dθ)²·θ² per weight, computed on the dense model for the layers a search needs (cached).
+* StructuredKind: a unit is a channel group (utils/structured.py); SSIM = the lowest SSIM of its
+  convs; capacity = pruned channels x filters per channel, allocated in whole channels; channel score
+  fisher / taylor on the dense model. Like the published one-shot script, a search space whose
+  capacity is below the budget is topped up with the next groups in ascending SSIM.
+"""
+import time
+from dataclasses import dataclass
+
+import torch
+
+from utils.features import format_ssim_table, layer_ssim, select_search_space
+from utils.masks import count_pruned_params, model_sparsity
+from utils.progress import log
+from utils.regrowth import WeightRegrower, dense_reference_weights, layer_capacities
+from utils.runtime import Precision
+from utils.saliency import layer_mean_saliency, weight_saliency
+from utils.structured import channel_groups, channel_sparsity, filter_counts
+from utils.structured_regrowth import FilterRegrower, group_capacities, group_saliency, group_ssim
+
+
+@dataclass
+class SearchSpace:
+    names: list          # units in search order (ascending SSIM)
+    ssim: dict           # unit -> SSIM
+    capacities: dict     # unit -> capacity in budget units (weights or filters)
+    units: dict = None   # unit -> granularity (filters per channel), None for single weights
+    fallback: bool = False
+
+
+def _conv_ssim(setup, model, names):
+    t0 = time.perf_counter()
+    ssim = layer_ssim(setup.dense, model, setup.data.val, setup.device, names, setup.args.ssim_num_batches,
+                      Precision(None, setup.precision.channels_last))
+    return ssim, time.perf_counter() - t0
+
+
+class UnstructuredKind:
+    unit_label = "weights"
+    stage_prefix = "regrowth"
+
+    def __init__(self, setup):
+        self.setup = setup
+        self._saliency = {}
+        self._reference = None
+
+    def total(self):
+        return self.setup.total_weights
+
+    def sparsity(self, model):
+        return model_sparsity(model)
+
+    def search_space(self, model, top_up_to=None):
+        args = self.setup.args
+        ssim, secs = _conv_ssim(self.setup, model, self.setup.masked_names)
+        names, fallback = select_search_space(ssim, self.setup.masked_names, args.ssim_threshold, args.include_linear)
+        caps_all = layer_capacities(model, self.setup.masked_names)
+        names = [n for n in names if caps_all[n] > 0] or names
+        log(f"SSIM (dense vs sparse, {args.ssim_num_batches} val batches, {secs:.1f} s):")
+        log(format_ssim_table(ssim, self.setup.masked_names, names, caps_all))
+        if fallback:
+            log(f"no layer has SSIM <= {args.ssim_threshold}: searching only the lowest-SSIM layer {names[0]} "
+                "(raise --ssim_threshold to search more layers)")
+        return SearchSpace(names, ssim, {n: caps_all[n] for n in names}, None, fallback)
+
+    def saliency(self, names):
+        missing = [n for n in names if n not in self._saliency]
+        if missing:
+            setup = self.setup
+            t0 = time.perf_counter()
+            self._saliency.update(weight_saliency(setup.dense, setup.data.train, missing, setup.device,
+                                                  setup.args.saliency_batches,
+                                                  Precision(None, setup.precision.channels_last)))
+            means = layer_mean_saliency({n: self._saliency[n] for n in missing})
+            log(f"saliency (dL/dθ)²·θ² of {len(missing)} layer(s) on the dense model over "
+                f"{setup.args.saliency_batches or len(setup.data.train)} train batches: {time.perf_counter() - t0:.1f} s;"
+                " mean " + ", ".join(f"{n} {v:.2e}" for n, v in list(means.items())[:5])
+                + (" ..." if len(means) > 5 else ""))
+        return {n: self._saliency[n] for n in names}
+
+    def regrower(self, space):
+        if self._reference is None:
+            self._reference = dense_reference_weights(self.setup.dense, self.setup.masked_names)
+        return WeightRegrower(self.saliency(space.names), self._reference, self.setup.args.init_strategy)
+
+    def guard_layer(self, space):
+        """The published iterative safeguard: the searchable layer with the largest mean saliency."""
+        means = layer_mean_saliency(self.saliency(space.names))
+        live = [n for n in space.names if space.capacities[n] > 0]
+        return max(live, key=lambda n: means[n]) if live else None
+
+    def top_up_order(self, space, model):
+        return None
+
+    def weight_indices(self, regrown):
+        """{module: flat weight indices} of what was regrown (for --finetune_scope regrown)."""
+        return regrown
+
+    def describe(self, model):
+        total, surviving, _ = count_pruned_params(model)
+        return f"weight sparsity {model_sparsity(model):.4f} ({surviving:,} of {total:,} weights alive)"
+
+
+class StructuredKind:
+    unit_label = "filters"
+    stage_prefix = "regrowth_structured"
+
+    def __init__(self, setup):
+        self.setup = setup
+        self.groups = channel_groups(setup.args.m_name)
+        self.by_root = {g.root: g for g in self.groups}
+        self._scores = {}
+        self._dense_state = None
+
+    def total(self):
+        return filter_counts(self.setup.dense)[1]
+
+    def sparsity(self, model):
+        return channel_sparsity(model)
+
+    def search_space(self, model, top_up_to=None):
+        args = self.setup.args
+        convs = list(dict.fromkeys(n for g in self.groups for n, _ in g.convs))
+        conv_ssim, secs = _conv_ssim(self.setup, model, convs)
+        ssim = group_ssim(conv_ssim, self.groups)
+        roots = [g.root for g in self.groups]
+        caps_all = group_capacities(model, self.groups)
+        live = [r for r in roots if caps_all[r] > 0]
+        names, fallback = select_search_space({r: ssim[r] for r in live if r in ssim}, live, args.ssim_threshold)
+        if top_up_to is not None:
+            rest = sorted((r for r in live if r not in names), key=lambda r: ssim.get(r, 1.0))
+            while sum(caps_all[n] for n in names) < top_up_to and rest:
+                names.append(rest.pop(0))
+        log(f"SSIM per channel group (lowest over its convs; {args.ssim_num_batches} val batches, {secs:.1f} s):")
+        width = max(len(r) for r in roots)
+        for r in roots:
+            g = self.by_root[r]
+            mark = f"  <- search #{names.index(r) + 1}" if r in names else ""
+            s = f"{ssim[r]:+.4f}" if r in ssim else "   -   "
+            log(f"  {r:<{width}}  x{g.cost:<2} ssim {s}  pruned {caps_all[r] // g.cost:>5}/{g.size:<5}{mark}")
+        if fallback:
+            log(f"no group has SSIM <= {args.ssim_threshold}: searching the lowest-SSIM group(s) "
+                "(raise --ssim_threshold to search more)")
+        return SearchSpace(names, ssim, {n: caps_all[n] for n in names}, {n: self.by_root[n].cost for n in names},
+                           fallback)
+
+    def scores(self, names):
+        missing = [n for n in names if n not in self._scores]
+        if missing:
+            setup = self.setup
+            t0 = time.perf_counter()
+            self._scores.update(group_saliency(setup.dense, setup.data.train, [self.by_root[n] for n in missing],
+                                               setup.device, setup.args.regrowth_score, setup.args.saliency_batches,
+                                               Precision(None, setup.precision.channels_last)))
+            log(f"channel scores ({setup.args.regrowth_score}) of {len(missing)} group(s) on the dense model: "
+                f"{time.perf_counter() - t0:.1f} s")
+        return {n: self._scores[n] for n in names}
+
+    def regrower(self, space):
+        if self._dense_state is None:
+            from utils.masks import unmasked_state_dict
+
+            self._dense_state = {k: v.detach().cpu() for k, v in unmasked_state_dict(self.setup.dense.state_dict()).items()}
+        return FilterRegrower([self.by_root[n] for n in space.names], self.scores(space.names), self._dense_state,
+                              self.setup.args.init_strategy)
+
+    def guard_layer(self, space):
+        return None
+
+    def top_up_order(self, space, model):
+        """Groups ranked by the mean dense score of their pruned channels (the published greedy top-up)."""
+        from utils.structured import alive_channels
+
+        scores = self.scores(space.names)
+
+        def mean_dead(n):
+            dead = ~alive_channels(model, self.by_root[n])
+            return float(scores[n][dead].mean()) if dead.any() else float("-inf")
+
+        return sorted(space.names, key=mean_dead, reverse=True)
+
+    def weight_indices(self, regrown):
+        """{conv: flat weight indices} of the filters restored (for --finetune_scope regrown)."""
+        mods = dict(self.setup.dense.named_modules())
+        out = {}
+        for root, chans in regrown.items():
+            for name, idxs in self.by_root[root].convs:
+                per_row = mods[name].weight.numel() // mods[name].weight.shape[0]
+                rows = torch.as_tensor([idxs[c] for c in chans.tolist()], dtype=torch.long)
+                flat = (rows[:, None] * per_row + torch.arange(per_row)[None, :]).flatten()
+                out[name] = torch.cat([out[name], flat]) if name in out else flat
+        return out
+
+    def describe(self, model):
+        pruned, total = filter_counts(model)
+        return f"channel sparsity {channel_sparsity(model):.4f} ({total - pruned:,} of {total:,} filters alive)"
