@@ -1,4 +1,5 @@
 """Regrowth scripts end to end on digits: CLI runs, outputs, exact budgets, resume = uninterrupted."""
+import csv
 import json
 import os
 
@@ -138,3 +139,20 @@ def test_bad_regrowth_inputs_are_one_line_errors(tmp_path):
     assert proc.returncode == 2 and "checkpoint not found" in proc.stderr
     proc = run_script("regrowth_oneshot.py", ["--m_name", "resnet20", "--regrow_step", "1.5"], check=False)
     assert proc.returncode == 2 and "--regrow_step" in proc.stderr
+
+
+@pytest.mark.slow
+def test_evaluation_script_on_a_folder(pipeline, tmp_path):
+    save = str(tmp_path / "rg")
+    regrowth_oneshot.main(regrowth_oneshot.get_args_parser().parse_args(
+        _oneshot_args(pipeline, save, "--allocator", "greedy", "--finetune_epochs", "0.25")))
+    proc = run_script("test_unstructure_regrowth_model.py", [
+        "--dataset", "digits", "--model_path", save, "--baseline_dir", os.path.join(pipeline, "resnet20", "oneshot")])
+    rows = {os.path.basename(r["file"]): r for r in csv.DictReader(open(os.path.join(save, "evaluation.csv")))}
+    final = rows["final_finetuned.pth"]
+    assert final["kind"] == "regrown" and rows["resnet20_0.95.pth"]["kind"] == "pruned"
+    assert float(final["weight_sparsity"]) == pytest.approx(0.94, abs=1e-3)
+    assert int(final["macs"]) == 40_813_184  # resnet20 dense MACs per image (see test_metrics)
+    assert int(final["nonzero_macs"]) < int(final["macs"])
+    assert os.path.getsize(os.path.join(save, "accuracy_vs_sparsity.png")) > 1000
+    assert "nz/compact" in proc.stdout
