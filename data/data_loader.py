@@ -350,6 +350,13 @@ def torchvision_transforms(spec, train):
     return T.Compose(ops)
 
 
+def set_shuffle_seed(loader, seed):
+    """Make a training loader's shuffle and augmentation depend on `seed` (both backends)."""
+    target = getattr(loader, "sampler", None) if not isinstance(loader, TensorLoader) else loader
+    if target is not None and hasattr(target, "seed"):
+        target.seed = int(seed)
+
+
 @dataclass
 class DataBundle:
     """Train / val / test loaders plus what describes them; unpacks as (train, val, test)."""

@@ -48,6 +48,9 @@ python test_unstructure_regrowth_model.py --dataset digits --model_path "$WD/rl_
 python test_unstructure_regrowth_model.py --dataset digits --model_path "$WD/structured_rl_ckpts" \
   --baseline_dir "$WD/$M/structured_iterative" --csv "$WD/evaluation_structured.csv" | grep -v "^  "
 
+echo; echo "=== report: every run of $M in one table and figure ==="
+python report.py --m_name "$M" --work_dir "$WD" | grep -E "^wrote"
+
 echo
 echo "demo finished in $(( $(date +%s) - start )) s; outputs:"
 echo "  dense model        $WD/$M/checkpoint/ckpt.pth  (+ pretrain_log.csv, pretrain_curves.png)"
@@ -58,3 +61,4 @@ echo "  iterative regrowth $WD/rl_checkpoints/$M/iterative/  (iter_*/best_grown_
 echo "  structured pruning $WD/$M/structured_iterative/  (masked checkpoints; prune_results.csv has param/MAC ratios)"
 echo "  structured regrowth $WD/structured_rl_ckpts/$M/structured_oneshot/"
 echo "  evaluation tables  $WD/evaluation.csv, $WD/evaluation_structured.csv  (+ accuracy_vs_sparsity.png)"
+echo "  report             $WD/$M/report.md, $WD/$M/report.png"

@@ -124,3 +124,75 @@ def plot_allocation(names, allocation, capacities, ssim, path, title="allocation
     ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper right")
     ax.set_title(title + " (layers in search order: ascending SSIM)")
     return _save(fig, path)
+
+
+def plot_ssim_gain(rows, path, title, corr=None):
+    """Scatter of SSIM against accuracy gain (mean ± std over seeds) with a least-squares fit line."""
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    x = [r["ssim"] for r in rows]
+    y = [r["gain_mean"] for r in rows]
+    ax.errorbar(x, y, yerr=[r["gain_std"] for r in rows], fmt="o", capsize=3, label="layer (mean ± std over seeds)")
+    for r in rows:
+        ax.annotate(r["layer"], (r["ssim"], r["gain_mean"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    if len(rows) >= 2 and np.ptp(x) > 0:
+        slope, intercept = np.polyfit(x, y, 1)
+        xs = np.linspace(min(x), max(x), 50)
+        ax.plot(xs, slope * xs + intercept, "--", color="tab:red", label=f"fit: gain = {slope:.2f}·SSIM + {intercept:.2f}")
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.set_xlabel("SSIM of the layer's feature map (dense vs sparse)")
+    ax.set_ylabel("val accuracy gain from regrowing only this layer (pp)")
+    if corr:
+        title += (f"\nPearson r={corr['pearson_r']:.2f} (p={corr['pearson_p']:.2g}), "
+                  f"Spearman ρ={corr['spearman_rho']:.2f} (p={corr['spearman_p']:.2g}), n={corr['n']}")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_bars(labels, values, path, title, ylabel):
+    """One bar per label (e.g. SSIM per layer)."""
+    fig, ax = plt.subplots(figsize=(max(6, 0.4 * len(labels) + 2), 3.8))
+    ax.bar(range(len(labels)), values, color="tab:blue")
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=70, ha="right", fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def plot_report(curves, points, arrows, path, title):
+    """Pruning curves and regrown points: weights (unstructured) on the left, filters (structured) on the right.
+
+    curves: {folder: [(sparsity, acc)]}; points: {label: [(sparsity, acc)]} whose label says 'weights' or
+    'filters'; arrows: [((s0, a0), (s1, a1))] from each run's start to its result.
+    """
+    panels = [("weights", "weight sparsity", lambda n: not n.startswith("structured")),
+              ("filters", "channel (filter) sparsity", lambda n: n.startswith("structured"))]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    for ax, (unit, xlabel, is_curve) in zip(axes, panels):
+        xs = []
+        for name, pts in curves.items():
+            if is_curve(name) and pts:
+                pts = sorted(pts)
+                ax.plot(*zip(*pts), marker="o", ms=3, label=f"pruning: {name}")
+                xs += [p[0] for p in pts]
+        for label, pts in points.items():
+            if unit in label and pts:
+                ax.scatter(*zip(*pts), marker="*", s=130, zorder=5, label=f"regrown: {label}")
+                xs += [p[0] for p in pts]
+        for (s0, a0), (s1, a1) in arrows:
+            if any(unit in lab and (s1, a1) in pts for lab, pts in points.items()):
+                ax.annotate("", xy=(s1, a1), xytext=(s0, a0), arrowprops=dict(arrowstyle="->", color="0.4"))
+        _sparsity_axis(ax, xs, xlabel)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"{title} — {unit}", fontsize=10)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, f"no {unit} runs", ha="center", va="center", transform=ax.transAxes)
+    return _save(fig, path)

@@ -19,7 +19,7 @@ import torch
 from models import MODEL_NAMES, canonical_model_name, model_loader
 from utils import cli
 from utils.allocators import ALLOCATORS
-from utils.checkpoints import load_checkpoint, load_state_into, model_from_checkpoint, save_checkpoint
+from utils.checkpoints import jsonable, load_checkpoint, load_state_into, model_from_checkpoint, save_checkpoint
 from utils.controller import Reinforce, ReinforceConfig, RegrowthAgent
 from utils.errors import BridgeError, UnknownChoiceError
 from utils.masks import count_pruned_params, masked_modules
@@ -327,7 +327,7 @@ def run_oneshot(args, kind_cls, *, sparse_path, out_dir, requested, reference, s
         "search_seconds": outcome.seconds, "mini_finetune_steps": steps, "final_finetune_epochs": ft_epochs,
         "final_val_acc": val_acc, "final_test_acc": test_acc, "best_allocation": best.allocation,
         "search_layers": space.names, "ssim": space.ssim, "run_seconds": time.perf_counter() - t_run,
-        "final_description": kind.describe(final),
+        "final_description": kind.describe(final), "seed": args.seed, "args": jsonable(args),
     }
     write_json(os.path.join(out_dir, "summary.json"), summary)
     with open(os.path.join(out_dir, "search_summary.txt"), "w") as fh:
@@ -492,7 +492,8 @@ def run_iterative(args, kind_cls, *, baseline_dir, run_dir, script, rl_options):
     summary = {"model": args.m_name, "kind": kind.unit_label, "start_ckpt": sparse_path, "baseline_dir": baseline_dir,
                "iterations": rows, "final_sparsity": final_sp, "final_val_acc": final_val, "final_test_acc": final_test,
                "final_checkpoint": final_path, "mini_finetune_steps": steps,
-               "run_seconds": time.perf_counter() - t_run, "final_description": kind.describe(current)}
+               "run_seconds": time.perf_counter() - t_run, "final_description": kind.describe(current),
+               "seed": args.seed, "args": jsonable(args)}
     write_json(os.path.join(run_dir, "summary.json"), summary)
     with open(os.path.join(run_dir, "search_summary.txt"), "w") as fh:
         fh.write(f"model: {args.m_name}\nstart: {sparse_path}\npruning curve: {baseline_dir} ({curve.metric})\n")

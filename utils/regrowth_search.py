@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from data.data_loader import set_shuffle_seed
 from utils.allocators import allocate
 from utils.checkpoints import atomic_torch_save, load_state_file
 from utils.controller import Reinforce, sample_allocation
@@ -81,7 +82,8 @@ class RegrowthEnv:
         _, regrown = self.regrow(allocation, episode)
         pre = cpu_clone(self.model.state_dict()) if self.keep_states else None
         t1 = time.perf_counter()
-        set_seed(self.seed)  # same dropout / data order in every episode
+        set_seed(self.seed)  # same dropout / data order in every episode of this environment
+        set_shuffle_seed(self.data.train, self.seed)
         opt = adamw_finetune_optimizer(self.model, self.lr, self.weight_decay)
         res = finetune(self.model, self.data.train, self.data.val, opt, self.device, self.precision,
                        steps=self.mini_steps, verbose=False, desc=f"episode {episode + 1}")

@@ -1,0 +1,168 @@
+"""One report per model: every pruning curve and regrowth run of a model in one Markdown table and one figure.
+
+Gathers, without re-evaluating anything (everything is read from the logs the stages wrote):
+  * the dense model ({work_dir}/{m}/checkpoint/ckpt.pth),
+  * the pruning curves ({work_dir}/{m}/{iterative,oneshot,structured_iterative,structured_oneshot}/prune_log.jsonl),
+  * every regrowth run (summary.json) under --runs (default: the scripts' default save folders in
+    {work_dir}): one-shot runs as start -> final, iterative runs as their last iteration.
+Runs that differ only in seed (or --tag) are grouped and shown as mean ± std with the seeds listed;
+each regrown result is compared with its pruning curve (the folder its start checkpoint came from)
+interpolated at the regrown sparsity.
+
+Writes {work_dir}/{m}/report.md and report.png (curves with regrown points and arrows from their starts).
+
+    python report.py --m_name resnet20 --work_dir .
+"""
+import argparse
+import glob
+import json
+import os
+
+from models import canonical_model_name
+from utils import cli
+from utils.errors import BridgeError
+from utils.plots import plot_report
+from utils.progress import log
+from utils.pruning_curve import PruningCurve, read_recorded
+from utils.records import read_jsonl
+from utils.stats import fmt_mean_std, mean_std
+
+CURVE_FOLDERS = ("iterative", "oneshot", "structured_iterative", "structured_oneshot")
+DEFAULT_RUNS = ("rl_saliency_oneshot", "rl_checkpoints", "structured_rl_ckpts")
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser("report.py", description="Markdown table + figure of every run of a model")
+    p.add_argument("--m_name", default="resnet20")
+    p.add_argument("--work_dir", default=".")
+    p.add_argument("--runs", nargs="+", default=None,
+                   help=f"folders searched for regrowth summary.json files (default {', '.join(DEFAULT_RUNS)} in work_dir)")
+    p.add_argument("--metric", default="test_acc", choices=("test_acc", "val_acc"), help="accuracy shown")
+    p.add_argument("--out", default=None, help="report path (default {work_dir}/{m_name}/report.md)")
+    return p
+
+
+def load_curves(work_dir, m_name):
+    """{folder name: rows sorted by sparsity} of the pruning logs (newest row per level)."""
+    curves = {}
+    for folder in CURVE_FOLDERS:
+        path = os.path.join(work_dir, m_name, folder, "prune_log.jsonl")
+        latest = {}
+        for r in read_jsonl(path):
+            latest[(r.get("pruner"), r["key"])] = r
+        if latest:
+            curves[folder] = sorted(latest.values(), key=lambda r: r["sparsity"])
+    return curves
+
+
+def _curve_for(start_ckpt, curves, work_dir, m_name):
+    folder = os.path.abspath(os.path.dirname(start_ckpt or ""))
+    for name in curves:
+        if os.path.abspath(os.path.join(work_dir, m_name, name)) == folder:
+            return name
+    return None
+
+
+def load_runs(paths, m_name):
+    """Regrowth results from summary.json files: one row per run."""
+    rows = []
+    for root in paths:
+        for path in sorted(glob.glob(os.path.join(root, "**", "summary.json"), recursive=True)):
+            try:
+                s = json.load(open(path))
+            except (OSError, json.JSONDecodeError):
+                continue
+            if s.get("model") not in (m_name, None):
+                continue
+            args = s.get("args") or {}
+            if "iterations" in s:
+                its = s["iterations"]
+                start, end = its[0], its[-1]
+                row = {"type": "iterative", "start_sparsity": start["sparsity"], "start_test_acc": start["test_acc"],
+                       "start_val_acc": start["val_acc"], "final_sparsity": s["final_sparsity"],
+                       "val_acc": s["final_val_acc"], "test_acc": s["final_test_acc"], "steps": len(its) - 1}
+            else:
+                row = {"type": "oneshot", "start_sparsity": s["start_sparsity"], "start_test_acc": s["sparse_test_acc"],
+                       "start_val_acc": s["sparse_val_acc"], "final_sparsity": s["final_sparsity"],
+                       "val_acc": s["final_val_acc"], "test_acc": s["final_test_acc"], "steps": 1}
+            row.update({"kind": s.get("kind", "weights"), "allocator": args.get("allocator", "rl"),
+                        "init": args.get("init_strategy", "?"), "finetune_epochs": args.get("finetune_epochs"),
+                        "seed": s.get("seed", args.get("seed")), "start_ckpt": s.get("start_ckpt"), "path": path})
+            rows.append(row)
+    return rows
+
+
+def group_runs(rows):
+    """Runs differing only by seed/tag -> one group (key: type, kind, allocator, init, start, finetune)."""
+    groups = {}
+    for r in rows:
+        key = (r["type"], r["kind"], r["allocator"], r["init"], r["start_ckpt"], r["finetune_epochs"],
+               round(r["final_sparsity"], 3))
+        groups.setdefault(key, []).append(r)
+    return list(groups.values())
+
+
+def main(args):
+    args.m_name = canonical_model_name(args.m_name)
+    cli.print_args(args, "report.py")
+    m_dir = os.path.join(args.work_dir, args.m_name)
+    if not os.path.isdir(m_dir):
+        raise BridgeError(f"no runs for {args.m_name}: {m_dir} does not exist")
+    metric = args.metric
+    dense_path = os.path.join(m_dir, "checkpoint", "ckpt.pth")
+    dense = read_recorded(dense_path)[1] if os.path.isfile(dense_path) else {}
+    curves = load_curves(args.work_dir, args.m_name)
+    run_dirs = args.runs or [os.path.join(args.work_dir, d) for d in DEFAULT_RUNS]
+    runs = load_runs([d for d in run_dirs if os.path.isdir(d)], args.m_name)
+    groups = group_runs(runs)
+
+    lines = [f"# {args.m_name}: pruning and regrowth report", ""]
+    if dense:
+        lines += [f"Dense model: val {dense.get('val_acc', float('nan')):.2f}, test {dense.get('test_acc', float('nan')):.2f} "
+                  f"({dense_path}).", ""]
+    lines += ["## Pruning curves", "", "| curve | pruner | sparsity | val acc | test acc | finetune steps |",
+              "|---|---|---|---|---|---|"]
+    for name, rows in curves.items():
+        for r in rows:
+            lines.append(f"| {name} | {r.get('pruner')} | {r['sparsity']:.4f} | {r['val_acc']:.2f} | {r['test_acc']:.2f} "
+                         f"| {r.get('finetune_steps')} |")
+    lines += ["", f"## Regrowth runs ({metric.replace('_', ' ')}; mean ± std over seeds where repeated)", "",
+              "| type | unit | allocator | init | start | sparsity start → end | start acc | regrown acc | "
+              "pruning curve at end sparsity | Δ vs curve | final finetune (epochs) | seeds |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    points, arrows = {}, []
+    for g in groups:
+        first = g[0]
+        accs = [r[metric] for r in g]
+        curve_name = _curve_for(first["start_ckpt"], curves, args.work_dir, args.m_name)
+        ref = ""
+        delta = ""
+        if curve_name:
+            pts = [(r["sparsity"], r[metric]) for r in curves[curve_name]]
+            at = PruningCurve(pts, metric, [])(first["final_sparsity"])
+            ref = f"{at:.2f} ({curve_name})"
+            delta = f"{mean_std(accs)[0] - at:+.2f}"
+        start_acc = first["start_test_acc"] if metric == "test_acc" else first["start_val_acc"]
+        seeds = ", ".join(str(r["seed"]) for r in g)
+        lines.append(f"| {first['type']} | {first['kind']} | {first['allocator']} | {first['init']} | "
+                     f"{os.path.basename(first['start_ckpt'] or '?')} | {first['start_sparsity']:.4f} → "
+                     f"{first['final_sparsity']:.4f} | {start_acc:.2f} | {fmt_mean_std(accs)} | {ref} | {delta} | "
+                     f"{first['finetune_epochs']} | {seeds} (n={len(g)}) |")
+        label = f"{first['type']} {first['kind']} {first['allocator']}"
+        points.setdefault(label, []).append((first["final_sparsity"], mean_std(accs)[0]))
+        arrows.append(((first["start_sparsity"], start_acc), (first["final_sparsity"], mean_std(accs)[0])))
+    if not groups:
+        lines.append("| (no regrowth run found) |||||||||||| ")
+    out = args.out or os.path.join(m_dir, "report.md")
+    png = plot_report({name: [(r["sparsity"], r[metric]) for r in rows] for name, rows in curves.items()},
+                      points, arrows, os.path.splitext(out)[0] + ".png", f"{args.m_name}: {metric.replace('_', ' ')}")
+    lines += ["", f"![accuracy vs sparsity]({os.path.basename(png)})", ""]
+    with open(out, "w") as fh:
+        fh.write("\n".join(lines))
+    log("\n".join(lines))
+    log(f"wrote {out} and {png}")
+    return {"curves": curves, "groups": groups, "path": out, "figure": png}
+
+
+if __name__ == "__main__":
+    cli.run(main, get_args_parser())

@@ -1,0 +1,37 @@
+"""Small statistics used by the analysis scripts: correlations with p-values, mean ± std."""
+import math
+
+import numpy as np
+from scipy import stats
+
+
+def correlations(x, y):
+    """Pearson and Spearman correlation of two equal-length sequences, with two-sided p-values.
+
+    Returns NaNs when fewer than 3 points or a constant input make a correlation undefined.
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    out = {"n": int(len(x)), "pearson_r": math.nan, "pearson_p": math.nan, "spearman_rho": math.nan,
+           "spearman_p": math.nan}
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return out
+    r, p = stats.pearsonr(x, y)
+    rho, sp = stats.spearmanr(x, y)
+    out.update(pearson_r=float(r), pearson_p=float(p), spearman_rho=float(rho), spearman_p=float(sp))
+    return out
+
+
+def mean_std(values):
+    """(mean, sample std) of a sequence; std is 0 for a single value."""
+    values = [float(v) for v in values]
+    if not values:
+        return math.nan, math.nan
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def fmt_mean_std(values, digits=2):
+    m, s = mean_std(values)
+    return f"{m:.{digits}f}" if len(values) < 2 else f"{m:.{digits}f} ± {s:.{digits}f}"
