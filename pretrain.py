@@ -17,6 +17,7 @@ import torch
 
 from models import MODEL_NAMES, canonical_model_name, model_loader
 from utils import cli
+from utils import distributed as dist
 from utils.checkpoints import atomic_torch_save, load_checkpoint, load_state_file, load_state_into, save_checkpoint
 from utils.errors import BridgeError, CheckpointError
 from utils.plots import plot_training_curves
@@ -60,6 +61,9 @@ def main(args):
     out_dir = checkpoint_dir(args.work_dir, args.m_name)
     best_path, last_path = os.path.join(out_dir, "ckpt.pth"), os.path.join(out_dir, "last.pth")
     model = to_device(model_loader(args.m_name), device, precision)
+    net = dist.wrap_ddp(model)  # under torchrun: DistributedDataParallel, each process on its shard
+    if dist.is_distributed():
+        data.train.shard(dist.rank(), dist.world_size())
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
 
@@ -86,7 +90,7 @@ def main(args):
         if finished:
             break
         data.train.set_epoch(epoch)
-        stats = train_one_epoch(model, data.train, optimizer, device, precision, desc=f"epoch {epoch + 1}")
+        stats = train_one_epoch(net, data.train, optimizer, device, precision, desc=f"epoch {epoch + 1}")
         scheduler.step()
         val_acc, val_loss = evaluate(model, data.val, device, precision)
         improved = val_acc > best_acc

@@ -85,7 +85,7 @@ def load_runs(paths, m_name):
                 row = {"type": "oneshot", "start_sparsity": s["start_sparsity"], "start_test_acc": s["sparse_test_acc"],
                        "start_val_acc": s["sparse_val_acc"], "final_sparsity": s["final_sparsity"],
                        "val_acc": s["final_val_acc"], "test_acc": s["final_test_acc"], "steps": 1}
-            row.update({"kind": s.get("kind", "weights"), "allocator": args.get("allocator", "rl"),
+            row.update({"kind": s.get("kind", "weights"), "allocator": s.get("allocator") or args.get("allocator", "rl"),
                         "init": args.get("init_strategy", "?"), "finetune_epochs": args.get("finetune_epochs"),
                         "seed": s.get("seed", args.get("seed")), "start_ckpt": s.get("start_ckpt"), "path": path})
             rows.append(row)

@@ -234,16 +234,25 @@ class TensorLoader:
         self.labels = labels.to(self.device)
         self.spec, self.batch_size, self.shuffle, self.augment = spec, int(batch_size), shuffle, augment
         self.seed, self.drop_last, self.epoch = seed, drop_last, 0
+        self.rank, self.world = 0, 1
         self.mean = torch.tensor(spec.mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1)
         self.dataset = self  # so len(loader.dataset) works as for a DataLoader
 
-    def __len__(self):
+    def shard(self, rank, world):
+        """Read only this process's share of every epoch's order (DistributedDataParallel); (0, 1) undoes it."""
+        self.rank, self.world = int(rank), int(world)
+
+    def _count(self):
         n = len(self.labels)
+        return (n - n % self.world) // self.world
+
+    def __len__(self):
+        n = self._count()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def num_samples(self):
-        return len(self.labels)
+        return self._count()
 
     def set_epoch(self, epoch):
         self.epoch = int(epoch)
@@ -256,6 +265,9 @@ class TensorLoader:
         self.epoch += 1
         n = len(self.labels)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        if self.world > 1:  # equal shards (the remainder is dropped) so every process runs the same steps
+            order = order[: n - n % self.world][self.rank::self.world]
+            n = len(order)
         order = order.to(self.device)
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]
@@ -294,17 +306,22 @@ class EpochShuffleSampler(torch.utils.data.Sampler):
 
     def __init__(self, n, seed):
         self.n, self.seed, self.epoch = n, seed, 0
+        self.rank, self.world = 0, 1
 
     def set_epoch(self, epoch):
         self.epoch = int(epoch)
 
+    def shard(self, rank, world):
+        self.rank, self.world = int(rank), int(world)
+
     def __len__(self):
-        return self.n
+        return (self.n - self.n % self.world) // self.world
 
     def __iter__(self):
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         self.epoch += 1
-        return iter(torch.randperm(self.n, generator=gen).tolist())
+        order = torch.randperm(self.n, generator=gen)
+        return iter(order[: self.n - self.n % self.world][self.rank::self.world].tolist())
 
 
 class _ArrayDataset(torch.utils.data.Dataset):
@@ -440,4 +457,5 @@ def data_loader(data_dir="./data", val_split=0.1, batch_size=128, num_workers=2,
                 num_workers=num_workers, pin_memory=pin, persistent_workers=num_workers > 0)
             if sampler is not None:
                 loaders[k].set_epoch = sampler.set_epoch
+                loaders[k].shard = sampler.shard
     return DataBundle(loaders["train"], loaders["val"], loaders["test"], spec, backend, sizes)

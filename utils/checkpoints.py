@@ -43,8 +43,13 @@ def cpu_state_dict(model):
 
 
 def atomic_torch_save(obj, path):
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
+
+    Under torchrun only the main process writes (the others return the path untouched).
+    """
     path = os.fspath(path)
+    if os.environ.get("RANK", "0") != "0":
+        return path
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)

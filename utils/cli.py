@@ -80,7 +80,10 @@ def print_args(args, title=None):
 def run(main, parser, argv=None):
     """Parse argv, run main(args); a BridgeError becomes `error: ...` on stderr and exit status 2."""
     args = parser.parse_args(argv)
+    from utils import distributed
+
     try:
+        distributed.init(getattr(args, "device", "auto"))
         return main(args)
     except BridgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -88,3 +91,8 @@ def run(main, parser, argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        if distributed.is_distributed():
+            import torch.distributed as torch_dist
+
+            torch_dist.destroy_process_group()

@@ -8,6 +8,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def _save(fig, path):
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only the main process writes
+        plt.close(fig)
+        return path
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=130, bbox_inches="tight")

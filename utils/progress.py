@@ -17,13 +17,16 @@ def progress_enabled():
 
 
 def bar(iterable=None, **kwargs):
-    """A tqdm bar, shown only when progress is enabled."""
-    kwargs.setdefault("disable", not progress_enabled())
+    """A tqdm bar, shown only when progress is enabled (and only by the main process under torchrun)."""
+    kwargs.setdefault("disable", not progress_enabled() or os.environ.get("RANK", "0") != "0")
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("file", sys.stderr)
     return tqdm(iterable, **kwargs)
 
 
 def log(msg):
+    """One line on stdout (only from the main process under torchrun)."""
+    if os.environ.get("RANK", "0") != "0":
+        return
     tqdm.write(str(msg), file=sys.stdout)
     sys.stdout.flush()

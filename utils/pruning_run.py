@@ -102,7 +102,7 @@ def run_pruning(args, plan):
         set_seed(args.seed + (key if isinstance(key, int) else int(round(target * 1e4))))
         opt = adamw_finetune_optimizer(model, args.lr, args.weight_decay)
         res = finetune(model, data.train, data.val, opt, device, precision, steps=steps, patience=args.patience,
-                       desc=f"{plan.mode} sp={sp:.4f}")
+                       desc=f"{plan.mode} sp={sp:.4f}", ddp=True)
         test_acc, _ = evaluate(model, data.test, device, precision)
         extra = plan.extra_metrics(model) if plan.extra_metrics else {}
         path = os.path.join(out_dir, level_filename(args.m_name, sp))

@@ -1,10 +1,19 @@
-"""Run logs: JSON-lines written as a run goes (one row per epoch / level / episode) and CSV tables."""
+"""Run logs: JSON-lines written as a run goes (one row per epoch / level / episode) and CSV tables.
+
+Under torchrun only the main process writes.
+"""
 import csv
 import json
 import os
 
 
+def _writer():
+    return os.environ.get("RANK", "0") == "0"
+
+
 def append_jsonl(path, row):
+    if not _writer():
+        return path
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "a") as fh:
         fh.write(json.dumps(row, sort_keys=True) + "\n")
@@ -27,6 +36,8 @@ def read_jsonl(path):
 
 
 def write_jsonl(path, rows):
+    if not _writer():
+        return path
     tmp = path + ".tmp"
     with open(tmp, "w") as fh:
         for row in rows:
@@ -36,6 +47,8 @@ def write_jsonl(path, rows):
 
 def write_csv(path, rows, columns=None):
     """Rows (dicts) to CSV atomically; columns default to the union of keys in first-seen order."""
+    if not _writer():
+        return path
     if columns is None:
         columns = []
         for row in rows:
@@ -56,6 +69,8 @@ def _fmt(v):
 
 
 def write_json(path, obj):
+    if not _writer():
+        return path
     tmp = path + ".tmp"
     with open(tmp, "w") as fh:
         json.dump(obj, fh, indent=2, sort_keys=True)

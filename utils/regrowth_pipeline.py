@@ -18,6 +18,7 @@ import torch
 
 from models import MODEL_NAMES, canonical_model_name, model_loader
 from utils import cli
+from utils import distributed as dist
 from utils.allocators import ALLOCATORS
 from utils.checkpoints import jsonable, load_checkpoint, load_state_into, model_from_checkpoint, save_checkpoint
 from utils.controller import Reinforce, ReinforceConfig, RegrowthAgent
@@ -69,6 +70,9 @@ def add_search_args(p, *, m_name="effnet", num_epochs=400, patience=50, ssim_num
                    help=f"per-episode finetune length in epochs (published {mini_epochs})")
     g.add_argument("--mini_finetune_steps", type=int, default=None, help="per-episode finetune length in steps "
                    "(overrides --mini_finetune_epochs)")
+    g.add_argument("--episodes_per_update", type=int, default=1,
+                   help="episodes sampled from one policy before each update; under torchrun they run in parallel "
+                        "(set it to --nproc_per_node)")
     g.add_argument("--resume", action="store_true", help="continue an interrupted search")
     g.add_argument("--trust_pickle", action="store_true", help="allow reading pickled published checkpoints")
     g.add_argument("--no_wandb", action="store_true", help="accepted for compatibility; wandb is only used with --wandb")
@@ -211,7 +215,7 @@ def final_finetune(setup, model, weight_idx, epochs, desc="final finetune"):
         steps = max(1, int(round(epochs * len(setup.data.train))))
         set_seed(args.seed)
         res = finetune(model, setup.data.train, setup.data.val, opt, setup.device, setup.precision, steps=steps,
-                       scheduler=cosine_with_warmup(opt, steps), desc=desc, after_step=after)
+                       scheduler=cosine_with_warmup(opt, steps), desc=desc, after_step=after, ddp=True)
         for p in model.parameters():
             p.requires_grad_(True)
     val_acc, _ = evaluate(model, setup.data.val, setup.device, setup.precision)
@@ -235,7 +239,7 @@ def write_search_outputs(out_dir, rows, space, best_alloc, title):
 def _search_config(args, space, budget=None, budget_options=None, position="oneshot", guard=None, top_up=None):
     return SearchConfig(allocator=args.allocator, num_episodes=args.num_epochs, budget=budget,
                         budget_options=budget_options, position=position, guard_layer=guard, seed=args.seed,
-                        units=space.units, top_up_order=top_up)
+                        units=space.units, top_up_order=top_up, episodes_per_update=args.episodes_per_update)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -330,7 +334,7 @@ def run_oneshot(args, kind_cls, *, sparse_path, out_dir, requested, reference, s
         "final_description": kind.describe(final), "seed": args.seed, "args": jsonable(args),
     }
     write_json(os.path.join(out_dir, "summary.json"), summary)
-    with open(os.path.join(out_dir, "search_summary.txt"), "w") as fh:
+    with open(os.path.join(out_dir, "search_summary.txt") if dist.is_main() else os.devnull, "w") as fh:
         fh.write(f"model: {args.m_name}\nstart checkpoint: {sparse_path}\n"
                  f"sparsity: {start_sparsity:.4f} -> {final_sparsity:.4f} "
                  f"(regrew {best.regrown:,} {kind.unit_label} of a budget of {budget:,})\n"
@@ -495,7 +499,7 @@ def run_iterative(args, kind_cls, *, baseline_dir, run_dir, script, rl_options):
                "run_seconds": time.perf_counter() - t_run, "final_description": kind.describe(current),
                "seed": args.seed, "args": jsonable(args)}
     write_json(os.path.join(run_dir, "summary.json"), summary)
-    with open(os.path.join(run_dir, "search_summary.txt"), "w") as fh:
+    with open(os.path.join(run_dir, "search_summary.txt") if dist.is_main() else os.devnull, "w") as fh:
         fh.write(f"model: {args.m_name}\nstart: {sparse_path}\npruning curve: {baseline_dir} ({curve.metric})\n")
         fh.write(f"{'iter':>4} {'sparsity':>9} {'val acc':>8} {'curve':>8} {'delta pp':>9} {'test acc':>9}\n")
         for r in rows:

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 import torch
 
 from data.data_loader import set_shuffle_seed
+from utils import distributed as dist
 from utils.allocators import allocate
 from utils.checkpoints import atomic_torch_save, load_state_file
-from utils.controller import Reinforce, sample_allocation
+from utils.controller import sample_allocation
 from utils.errors import BridgeError
 from utils.progress import bar, log
 from utils.records import append_jsonl, read_jsonl, write_jsonl
@@ -110,6 +111,7 @@ class SearchConfig:
     guard_layer: str = None
     seed: int = 42
     units: dict = None                 # structured: filters per channel of each group
+    episodes_per_update: int = 1       # episodes sampled from one policy before each update
     top_up_order: list = None          # structured: where leftover budget goes
 
 
@@ -127,31 +129,54 @@ class SearchOutcome:
         return next((r for r in self.rows if r["episode"] == self.best_episode + 1), {})
 
 
-def _row(episode, sample_info, result, update):
+def _row(episode, sample_info, result, update, index_in_batch=0):
     row = {"episode": episode + 1, "reward": result.reward, "val_acc": result.val_acc,
            "reference_acc": result.reference_acc, "improvement_pp": result.val_acc - result.reference_acc,
            "sparsity": result.sparsity, "regrown": result.regrown, "usage": result.usage,
            "allocation": result.allocation, **sample_info, **result.timings}
     if update:
         row.update({k: update[k] for k in ("loss", "entropy", "beta")})
-        row["advantage"] = update["advantages"][0]
+        row["advantage"] = update["advantages"][index_in_batch]
     return row
+
+
+def _sample_one(env, names, ssim, capacities, cfg, reinforce, policy_gen):
+    """(allocation, budget, controller sample or None, log info) for one episode."""
+    if cfg.allocator == "rl":
+        sample = sample_allocation(reinforce.agent, names, capacities, budget=cfg.budget,
+                                   budget_options=cfg.budget_options, total_weights=env.total_weights,
+                                   generator=policy_gen, position=cfg.position, guard_layer=cfg.guard_layer,
+                                   units=cfg.units, top_up_order=cfg.top_up_order)
+        return sample.allocation, sample.budget, sample, {"budget": sample.budget, "budget_frac": sample.budget_frac,
+                                                          "actions": sample.actions}
+    if cfg.budget_options is not None:  # iterative non-RL: the largest budget option
+        budget = max(1, min(int(env.total_weights * max(cfg.budget_options)), sum(capacities.values())))
+    else:
+        budget = cfg.budget
+    allocation = allocate(cfg.allocator, names, ssim, capacities, budget, policy_gen, cfg.units)
+    return allocation, budget, None, {"budget": budget}
 
 
 def run_search(env, names, ssim, capacities, cfg, reinforce=None, out_dir=None, resume=False, on_best=None,
                on_episode=None, tag="search"):
     """Run the episodes (see module docstring). Returns a SearchOutcome.
 
-    on_best(episode, result): called when an episode sets a new best reward (save checkpoints there).
-    on_episode(episode, result): called after every episode (e.g. baseline-exceeded checkpoints).
+    Episodes come in batches of cfg.episodes_per_update: the batch's allocations are sampled from the
+    same policy, evaluated (spread over the processes under torchrun: every process holds the same
+    controller and generator, so all sample the same allocations), and the policy is updated once
+    from the whole batch. A batch of one is the published one-update-per-episode loop.
+    on_best(episode, result): called on the main process when an episode sets a new best reward.
+    on_episode(episode, result): called on the main process after every episode.
     """
+    main = dist.is_main()
     state_path = os.path.join(out_dir, "search_state.pth") if out_dir else None
     best_path = os.path.join(out_dir, "search_best_states.pth") if out_dir else None
     log_path = os.path.join(out_dir, "episodes.jsonl") if out_dir else None
     policy_gen = torch.Generator().manual_seed(cfg.seed)
     deterministic = cfg.allocator not in ("rl", "random")
     num_episodes = 1 if deterministic else cfg.num_episodes
-    start, best, best_ep, rows, elapsed = 0, None, -1, [], 0.0
+    per_update = max(1, int(cfg.episodes_per_update))
+    start, best, best_ep, best_owner, rows, elapsed = 0, None, -1, 0, [], 0.0
     if resume and state_path and os.path.isfile(state_path):
         st = load_state_file(state_path)
         if st.get("allocator") != cfg.allocator or st.get("names") != list(names):
@@ -164,75 +189,82 @@ def run_search(env, names, ssim, capacities, cfg, reinforce=None, out_dir=None, 
         if st.get("best") is not None:
             best = EpisodeResult(**st["best"])
             stored = load_state_file(best_path) if os.path.isfile(best_path) else {}
-            if stored.get("episode") == best_ep:  # else the states are rebuilt by rerun_episode()
+            if stored.get("episode") == best_ep:  # else ensure_best_states() rebuilds them
                 best.pre_state, best.post_state = stored["pre_state"], stored["post_state"]
         rows = [r for r in read_jsonl(log_path) if r["episode"] <= start]
-        write_jsonl(log_path, rows)
+        if main:
+            write_jsonl(log_path, rows)
         set_rng_state(st["rng"])
         log(f"[{tag}] resumed at episode {start + 1} (best reward {best.reward if best else float('nan'):+.4f})")
     elif resume and state_path:
         raise BridgeError(f"--resume: nothing to resume, {state_path} does not exist")
-    elif log_path and os.path.isfile(log_path):
+    elif main and log_path and os.path.isfile(log_path):
         os.remove(log_path)  # a fresh search starts a fresh log
+    dist.barrier()
 
-    total_budget = cfg.budget
     t_start = time.perf_counter()
     stop_reason = "episode limit reached"
-    episodes = bar(range(start, num_episodes), desc=tag, unit="episode", initial=start, total=num_episodes)
-    last = start - 1
-    for e in episodes:
-        if cfg.allocator == "rl":
-            sample = sample_allocation(reinforce.agent, names, capacities, budget=cfg.budget,
-                                       budget_options=cfg.budget_options, total_weights=env.total_weights,
-                                       generator=policy_gen, position=cfg.position, guard_layer=cfg.guard_layer,
-                                       units=cfg.units, top_up_order=cfg.top_up_order)
-            allocation, budget = sample.allocation, sample.budget
-            info = {"budget": budget, "budget_frac": sample.budget_frac, "actions": sample.actions}
-        else:
-            if cfg.budget_options is not None:  # iterative non-RL: the largest budget option
-                budget = max(1, min(int(env.total_weights * max(cfg.budget_options)), sum(capacities.values())))
-            else:
-                budget = total_budget
-            allocation = allocate(cfg.allocator, names, ssim, capacities, budget, policy_gen, cfg.units)
-            info = {"budget": budget}
-        result = env.evaluate(allocation, budget, e)
-        update = reinforce.update([sample], [result.reward], e) if cfg.allocator == "rl" else None
-        if best is None or result.reward > best.reward:
-            best, best_ep = result, e
-            if best_path and env.keep_states:
-                atomic_torch_save({"episode": e, "pre_state": result.pre_state, "post_state": result.post_state},
-                                  best_path)
-            if on_best:
-                on_best(e, result)
-        if on_episode:
-            on_episode(e, result)
-        row = _row(e, info, result, update)
-        row["best_reward"] = best.reward
-        rows.append(row)
-        if log_path:
-            append_jsonl(log_path, row)
-        log(f"[{tag}] ep {e + 1}/{num_episodes} | val {result.val_acc:.2f} vs ref {result.reference_acc:.2f} "
-            f"({result.val_acc - result.reference_acc:+.2f} pp) | used {result.regrown}/{budget} | "
-            f"reward {result.reward:+.4f} | best {best.reward:+.4f} (ep {best_ep + 1})"
-            + (f" | H {update['entropy']:.3f} β {update['beta']:.3f}" if update else "")
-            + f" | {result.timings['episode_s']:.1f} s")
-        last = e
-        if state_path:
+    progress = bar(total=num_episodes, initial=start, desc=tag, unit="episode", **({} if main else {"disable": True}))
+    e = start
+    while e < num_episodes:
+        batch = list(range(e, min(e + per_update, num_episodes)))
+        drawn = [_sample_one(env, names, ssim, capacities, cfg, reinforce, policy_gen) for _ in batch]
+        mine = {}
+        for i, ep in enumerate(batch):
+            if i % dist.world_size() == dist.rank():
+                mine[ep] = env.evaluate(drawn[i][0], drawn[i][1], ep)
+        # every process learns every result (states stay with the process that made them)
+        shared = {}
+        for owner, part in enumerate(dist.all_gather_object(
+                {ep: {k: v for k, v in vars(r).items() if not k.endswith("_state")} for ep, r in mine.items()})):
+            for ep, fields in part.items():
+                shared[ep] = (owner, EpisodeResult(**fields))
+        results = [mine.get(ep, shared[ep][1]) for ep in batch]
+        update = (reinforce.update([d[2] for d in drawn], [r.reward for r in results], e)
+                  if cfg.allocator == "rl" else None)
+        for i, (ep, result) in enumerate(zip(batch, results)):
+            if best is None or result.reward > best.reward:
+                best, best_ep, best_owner = result, ep, shared[ep][0]
+                if main and result.pre_state is None and env.keep_states:  # made elsewhere: rebuild exactly
+                    env.regrow(result.allocation, ep)
+                    result.pre_state = cpu_clone(env.model.state_dict())
+                if main and best_path and env.keep_states:
+                    atomic_torch_save({"episode": ep, "pre_state": result.pre_state, "post_state": result.post_state},
+                                      best_path)
+                if main and on_best:
+                    on_best(ep, result)
+            if main and on_episode:
+                on_episode(ep, result)
+            row = _row(ep, drawn[i][3], result, update, i)
+            row["best_reward"] = best.reward
+            rows.append(row)
+            if main and log_path:
+                append_jsonl(log_path, row)
+            log(f"[{tag}] ep {ep + 1}/{num_episodes} | val {result.val_acc:.2f} vs ref {result.reference_acc:.2f} "
+                f"({result.val_acc - result.reference_acc:+.2f} pp) | used {result.regrown}/{drawn[i][1]} | "
+                f"reward {result.reward:+.4f} | best {best.reward:+.4f} (ep {best_ep + 1})"
+                + (f" | H {update['entropy']:.3f} β {update['beta']:.3f}" if update else "")
+                + f" | {result.timings['episode_s']:.1f} s")
+        e = batch[-1] + 1
+        progress.update(len(batch))
+        if main and state_path:
             best_dict = {k: getattr(best, k) for k in best.__dataclass_fields__ if not k.endswith("_state")}
             atomic_torch_save({"format": "bridge-v1", "stage": "search_state", "allocator": cfg.allocator,
-                               "names": list(names), "next_episode": e + 1, "best_episode": best_ep,
+                               "names": list(names), "next_episode": e, "best_episode": best_ep,
                                "best": best_dict, "policy_generator": policy_gen.get_state(),
                                "reinforce": reinforce.state_dict() if reinforce else None, "rng": rng_state(),
                                "elapsed": elapsed + time.perf_counter() - t_start}, state_path)
         if reinforce is not None:
-            reason = reinforce.stop_reason(e)
+            reason = reinforce.stop_reason(e - 1)
             if reason:
                 stop_reason = reason
                 break
-    episodes.close()
+    progress.close()
     if best is None:
         raise BridgeError("the search ran no episode")
-    return SearchOutcome(best, best_ep, last + 1, stop_reason, elapsed + time.perf_counter() - t_start, rows)
+    if dist.is_distributed():  # every process continues from the best episode's states
+        best.pre_state, best.post_state = dist.broadcast_object((best.pre_state, best.post_state), src=best_owner)
+    return SearchOutcome(best, best_ep, e, stop_reason, elapsed + time.perf_counter() - t_start, rows)
 
 
 def ensure_best_states(env, outcome, budget=None):

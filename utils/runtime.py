@@ -20,12 +20,17 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16")
 
 def resolve_device(name="auto"):
     """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a user error."""
+    local = int(os.environ.get("LOCAL_RANK", "0"))  # under torchrun: this process's GPU
     if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", local % torch.cuda.device_count())
+        return torch.device("cpu")
     if name not in DEVICE_CHOICES and not str(name).startswith("cuda:"):
         raise BridgeError(f"unknown device {name!r}; valid: {', '.join(DEVICE_CHOICES)}")
     if str(name).startswith("cuda") and not torch.cuda.is_available():
         raise BridgeError("--device cuda was requested but no CUDA GPU is available; use --device cpu")
+    if name == "cuda":
+        return torch.device("cuda", local % torch.cuda.device_count())
     return torch.device(name)
 
 

@@ -103,7 +103,8 @@ def evaluate(model, loader, device, precision=Precision(), max_batches=None):
 
 
 def clone_state(model):
-    """A detached copy of the model's state_dict (parameters and buffers, masks included)."""
+    """A detached copy of the model's state_dict (parameters and buffers, masks included; no DDP prefix)."""
+    model = model.module if hasattr(model, "module") else model
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -118,13 +119,25 @@ class FinetuneResult:
 
 
 def finetune(model, train_loader, val_loader, optimizer, device, precision=Precision(), steps=None, epochs=None,
-             patience=None, scheduler=None, desc="finetune", verbose=True, after_step=None, initial_val_acc=None):
+             patience=None, scheduler=None, desc="finetune", verbose=True, after_step=None, initial_val_acc=None,
+             ddp=False):
     """Train for a step budget (or whole epochs), evaluating on `val_loader` after every (partial) epoch.
 
     The state with the best validation accuracy (strictly better than any earlier one, starting
     from `initial_val_acc` when given, i.e. the model as it came in) is loaded back at the end.
     Stops early after `patience` evaluations without improvement. Returns a FinetuneResult.
+    With ddp=True under torchrun the model trains as DistributedDataParallel, each process on its
+    shard of every batch order (the step budget then counts steps of the sharded loader).
     """
+    from utils import distributed as dist
+
+    if ddp and dist.is_distributed():
+        train_loader.shard(dist.rank(), dist.world_size())
+        try:
+            return finetune(dist.wrap_ddp(model), train_loader, val_loader, optimizer, device, precision, steps,
+                            epochs, patience, scheduler, desc, verbose, after_step, initial_val_acc, ddp=False)
+        finally:
+            train_loader.shard(0, 1)
     if steps is None:
         steps = (epochs or 1) * len(train_loader)
     steps = int(steps)
@@ -154,7 +167,7 @@ def finetune(model, train_loader, val_loader, optimizer, device, precision=Preci
         if stats.steps == 0 or (patience is not None and stale >= patience):
             break
     if best_state is not None:
-        model.load_state_dict(best_state)
+        (model.module if hasattr(model, "module") else model).load_state_dict(best_state)
     return FinetuneResult(best_acc, best_epoch, done, epoch, time.perf_counter() - t0, history)
 
 
