@@ -53,6 +53,10 @@ def get_args_parser():
     p.add_argument("--init_strategy", default="zero", choices=INIT_STRATEGIES + tuple(INIT_ALIASES))
     p.add_argument("--ssim_num_batches", type=int, default=64)
     p.add_argument("--saliency_batches", type=int, default=None)
+    p.add_argument("--reward_subset", type=int, default=None, help="mini-finetune on this many training images")
+    p.add_argument("--reward_val_subset", type=int, default=None, help="score on this many validation images")
+    p.add_argument("--cache_dir", default=os.environ.get("BRIDGE_CACHE_DIR", ".cache/bridge"),
+                   help="cache of saliency / SSIM results ('' disables)")
     p.add_argument("--trust_pickle", action="store_true")
     cli.add_data_args(p)
     cli.add_runtime_args(p)
@@ -95,7 +99,7 @@ def main(args):
         + (f"{args.regrow_frac:g} of its capacity" if args.regrow_frac is not None else f"{count:,} weights"))
     rows = {n: {"layer": n, "ssim": ssim.get(n), "capacity": caps[n], "regrown": budget[n]} for n in layers}
     for seed in args.seeds:
-        env = RegrowthEnv(work, start, regrower, setup.data, setup.device, setup.precision, steps,
+        env = RegrowthEnv(work, start, regrower, setup.reward_train, setup.reward_val, setup.device, setup.precision, steps,
                           lambda sp: 0.0, 0.0, setup.total_weights, seed)
         base = env.evaluate({}, 1, episode=0).val_acc  # the same mini-finetune, nothing regrown
         for i, n in enumerate(layers):

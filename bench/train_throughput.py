@@ -57,6 +57,34 @@ def throughput(m_name, batch_size, steps, repeats, device):
     return statistics.median(a), statistics.median(b), precision.name
 
 
+def whole_epoch(m_name, data_dir, train_limit, workers, device):
+    """One training epoch including data loading: plain fp32 + torchvision DataLoader vs the project's path."""
+    from data.data_loader import data_loader
+
+    name = "CIFAR10" if os.path.isdir(os.path.join(data_dir, "cifar10")) else "digits"
+    classic = data_loader(data_dir, dataset=name, backend="loader", num_workers=workers, train_limit=train_limit,
+                          download=False)
+    fast = data_loader(data_dir, dataset=name, backend="tensor", train_limit=train_limit, download=False, device=device)
+    torch.manual_seed(0)
+    plain = model_loader(m_name).to(device)
+    opt = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    plain.train()
+    t0, n = time.perf_counter(), 0
+    for x, y in classic.train:
+        x, y = x.to(device), y.to(device)
+        loss = F.cross_entropy(plain(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        n += len(y)
+    t_plain = time.perf_counter() - t0
+    precision = resolve_precision("auto", device)
+    ours = to_device(model_loader(m_name), device, precision)
+    opt = torch.optim.SGD(ours.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    stats = train_one_epoch(ours, fast.train, opt, device, precision)
+    return name, n, t_plain, stats.seconds, precision.name
+
+
 def accuracy_both_ways(epochs, data_dir, train_limit, device, seeds=(0,)):
     from data.data_loader import data_loader
     from utils.training import evaluate
@@ -92,6 +120,9 @@ def main():
     p.add_argument("--accuracy_epochs", type=int, default=0)
     p.add_argument("--train_limit", type=int, default=10000)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--epoch", action="store_true",
+                   help="also time one whole epoch (--train_limit images) including data loading")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain epoch")
     p.add_argument("--data_dir", default="data")
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
@@ -101,6 +132,14 @@ def main():
     for m in args.models:
         a, b, name = throughput(m, args.batch_size, args.steps, args.repeats, device)
         print(f"{m:<10} {a:>17.0f} {b:>11.0f} {name:>22} {b / a:>8.2f}x", flush=True)
+    if args.epoch:
+        for m in args.models:
+            name, n, t_plain, t_ours, path = whole_epoch(m, args.data_dir, args.train_limit, args.workers, device)
+            print(f"\n{m}, one epoch of {n} {name} training images including data loading:")
+            print(f"  plain fp32 + torchvision DataLoader ({args.workers} workers) {t_plain:7.1f} s  "
+                  f"({n / t_plain:.0f} img/s)")
+            print(f"  ours ({path}, in-memory tensors)       {t_ours:7.1f} s  ({n / t_ours:.0f} img/s)  "
+                  f"speed-up {t_plain / t_ours:.2f}x", flush=True)
     if args.accuracy_epochs:
         desc, rows = accuracy_both_ways(args.accuracy_epochs, args.data_dir, args.train_limit, device, args.seeds)
         print(f"\nresnet20, {args.accuracy_epochs} epochs, {desc}")

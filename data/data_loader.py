@@ -237,7 +237,7 @@ class TensorLoader:
         self.rank, self.world = 0, 1
         self.mean = torch.tensor(spec.mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1)
-        self.dataset = self  # so len(loader.dataset) works as for a DataLoader
+        self.dataset = self.labels  # len(loader.dataset) = number of images, as for a DataLoader
 
     def shard(self, rank, world):
         """Read only this process's share of every epoch's order (DistributedDataParallel); (0, 1) undoes it."""
@@ -387,6 +387,26 @@ class DataBundle:
 
     def __iter__(self):
         return iter((self.train, self.val, self.test))
+
+    def subset(self, split, n, seed=0):
+        """A loader over a fixed random subset of n images of a split (same transforms and batch size)."""
+        loader = getattr(self, split)
+        total = len(loader.dataset)
+        if n is None or n >= total:
+            return loader
+        keep = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        if isinstance(loader, TensorLoader):
+            return TensorLoader(loader.images[keep.to(loader.device)], loader.labels[keep.to(loader.device)],
+                                loader.spec, loader.batch_size, loader.shuffle, loader.augment, loader.seed,
+                                loader.device, loader.drop_last)
+        ds = torch.utils.data.Subset(loader.dataset, keep.tolist())
+        sampler = EpochShuffleSampler(len(ds), getattr(loader.sampler, "seed", seed)) if split == "train" else None
+        out = torch.utils.data.DataLoader(ds, batch_size=loader.batch_size, sampler=sampler,
+                                          num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+                                          persistent_workers=loader.num_workers > 0)
+        if sampler is not None:
+            out.set_epoch, out.shard = sampler.set_epoch, sampler.shard
+        return out
 
     def describe(self):
         s = self.sizes

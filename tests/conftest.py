@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -10,6 +11,8 @@ import torch.nn as nn
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("BRIDGE_PROGRESS", "0")
+# saliency / SSIM caches of test runs go to a throw-away folder, never into the repository
+os.environ.setdefault("BRIDGE_CACHE_DIR", os.path.join(tempfile.mkdtemp(prefix="bridge-test-cache-")))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

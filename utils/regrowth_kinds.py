@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from utils.cache import cache_key, state_digest
 from utils.features import format_ssim_table, layer_ssim, select_search_space
 from utils.masks import count_pruned_params, model_sparsity
 from utils.progress import log
@@ -36,10 +37,27 @@ class SearchSpace:
 
 
 def _conv_ssim(setup, model, names):
+    """SSIM per conv layer (dense vs `model`), cached by both models' contents and the data."""
     t0 = time.perf_counter()
-    ssim = layer_ssim(setup.dense, model, setup.data.val, setup.device, names, setup.args.ssim_num_batches,
-                      Precision(None, setup.precision.channels_last))
-    return ssim, time.perf_counter() - t0
+
+    def compute():
+        return layer_ssim(setup.dense, model, setup.data.val, setup.device, names, setup.args.ssim_num_batches,
+                          Precision(None, setup.precision.channels_last))
+
+    if not setup.cache or not setup.cache.folder:
+        return compute(), time.perf_counter() - t0
+    key = cache_key("ssim", dense=setup.dense_digest, sparse=state_digest(model.state_dict()), layers=names,
+                    batches=setup.args.ssim_num_batches, data=setup.data_key())
+    return setup.cache.get_or_compute(key, compute, "SSIM"), time.perf_counter() - t0
+
+
+def _cached(setup, kind, names, compute, **extra):
+    """A dense-model computation over `names`, cached by the dense model, the data and the arguments."""
+    if not setup.cache or not setup.cache.folder:
+        return compute()
+    key = cache_key(kind, dense=setup.dense_digest, layers=names, batches=setup.args.saliency_batches,
+                    data=setup.data_key(), **extra)
+    return setup.cache.get_or_compute(key, compute, kind)
 
 
 class UnstructuredKind:
@@ -75,9 +93,9 @@ class UnstructuredKind:
         if missing:
             setup = self.setup
             t0 = time.perf_counter()
-            self._saliency.update(weight_saliency(setup.dense, setup.data.train, missing, setup.device,
-                                                  setup.args.saliency_batches,
-                                                  Precision(None, setup.precision.channels_last)))
+            self._saliency.update(_cached(setup, "saliency", missing, lambda: weight_saliency(
+                setup.dense, setup.data.train, missing, setup.device, setup.args.saliency_batches,
+                Precision(None, setup.precision.channels_last))))
             means = layer_mean_saliency({n: self._saliency[n] for n in missing})
             log(f"saliency (dL/dθ)²·θ² of {len(missing)} layer(s) on the dense model over "
                 f"{setup.args.saliency_batches or len(setup.data.train)} train batches: {time.perf_counter() - t0:.1f} s;"
@@ -156,9 +174,10 @@ class StructuredKind:
         if missing:
             setup = self.setup
             t0 = time.perf_counter()
-            self._scores.update(group_saliency(setup.dense, setup.data.train, [self.by_root[n] for n in missing],
-                                               setup.device, setup.args.regrowth_score, setup.args.saliency_batches,
-                                               Precision(None, setup.precision.channels_last)))
+            self._scores.update(_cached(setup, "channel_scores", missing, lambda: group_saliency(
+                setup.dense, setup.data.train, [self.by_root[n] for n in missing], setup.device,
+                setup.args.regrowth_score, setup.args.saliency_batches, Precision(None, setup.precision.channels_last)),
+                score=setup.args.regrowth_score))
             log(f"channel scores ({setup.args.regrowth_score}) of {len(missing)} group(s) on the dense model: "
                 f"{time.perf_counter() - t0:.1f} s")
         return {n: self._scores[n] for n in names}

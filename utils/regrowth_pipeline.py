@@ -20,6 +20,7 @@ from models import MODEL_NAMES, canonical_model_name, model_loader
 from utils import cli
 from utils import distributed as dist
 from utils.allocators import ALLOCATORS
+from utils.cache import DiskCache, state_digest
 from utils.checkpoints import jsonable, load_checkpoint, load_state_into, model_from_checkpoint, save_checkpoint
 from utils.controller import Reinforce, ReinforceConfig, RegrowthAgent
 from utils.errors import BridgeError, UnknownChoiceError
@@ -70,6 +71,15 @@ def add_search_args(p, *, m_name="effnet", num_epochs=400, patience=50, ssim_num
                    help=f"per-episode finetune length in epochs (published {mini_epochs})")
     g.add_argument("--mini_finetune_steps", type=int, default=None, help="per-episode finetune length in steps "
                    "(overrides --mini_finetune_epochs)")
+    g.add_argument("--reward_subset", type=int, default=None,
+                   help="mini-finetune on a fixed random subset of this many training images (default: all)")
+    g.add_argument("--reward_val_subset", type=int, default=None,
+                   help="score episodes on a fixed random subset of this many validation images (default: all)")
+    g.add_argument("--fast", action="store_true",
+                   help=f"proxy-reward preset: {', '.join(f'--{k} {v}' for k, v in FAST_PRESET.items())} "
+                        "(each only where not given explicitly); the published settings stay the default")
+    g.add_argument("--cache_dir", default=os.environ.get("BRIDGE_CACHE_DIR", ".cache/bridge"),
+                   help="cache of saliency / SSIM results ('' disables; default $BRIDGE_CACHE_DIR or .cache/bridge)")
     g.add_argument("--episodes_per_update", type=int, default=1,
                    help="episodes sampled from one policy before each update; under torchrun they run in parallel "
                         "(set it to --nproc_per_node)")
@@ -86,8 +96,18 @@ def add_search_args(p, *, m_name="effnet", num_epochs=400, patience=50, ssim_num
     cli.add_runtime_args(p)
 
 
+# What --fast changes (README "Speed"): a step-budgeted mini-finetune, a 2,000-image reward validation
+# subset and a saliency pass over 100 batches. bench/proxy_fidelity.py measures how well its rewards
+# rank allocations compared with a long finetune.
+FAST_PRESET = {"mini_finetune_steps": 100, "reward_val_subset": 2000, "saliency_batches": 100}
+
+
 def validate_search_args(args, structured=False):
     args.m_name = canonical_model_name(args.m_name)
+    if getattr(args, "fast", False):
+        for key, value in FAST_PRESET.items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
     if structured:
         from utils.structured_regrowth import check_structured_init
 
@@ -112,6 +132,16 @@ class RegrowthSetup:
     dense_path: str
     masked_names: list
     total_weights: int
+    cache: object = None
+    dense_digest: str = ""
+    reward_train: object = None
+    reward_val: object = None
+
+    def data_key(self):
+        """What about the data changes a cached result."""
+        a = self.args
+        return {"dataset": self.data.spec.name, "sizes": self.data.sizes, "val_split": a.val_split,
+                "batch": a.batch_size, "eval_batch": a.eval_batch_size, "seed": a.seed, "backend": self.data.backend}
 
 
 def dense_checkpoint_path(args):
@@ -137,13 +167,37 @@ def prepare(args, sparse_path):
     sparse = to_device(sparse, device, precision)
     names = [n for n, _ in masked_modules(sparse)]
     total = count_pruned_params(sparse)[0]
-    return RegrowthSetup(args, device, precision, data, dense, dense_path, names, total), sparse, sparse_ckpt
+    cache = DiskCache(getattr(args, "cache_dir", None) or None)
+    reward_subset, reward_val_subset = getattr(args, "reward_subset", None), getattr(args, "reward_val_subset", None)
+    setup = RegrowthSetup(args, device, precision, data, dense, dense_path, names, total, cache,
+                          state_digest(dense.state_dict()) if cache.folder else "",
+                          data.subset("train", reward_subset, seed=args.seed),
+                          data.subset("val", reward_val_subset, seed=args.seed))
+    if reward_subset or reward_val_subset:
+        log(f"episode rewards: mini-finetune on {len(setup.reward_train.dataset):,} training images, "
+            f"scored on {len(setup.reward_val.dataset):,} validation images")
+    return setup, sparse, sparse_ckpt
 
 
 def work_model_like(setup, state):
     """A preallocated working model on the device holding `state`."""
     model = to_device(model_loader(setup.args.m_name), setup.device, setup.precision)
     return load_state_into(model, state)
+
+
+def calibrated_reference(setup, model, reference_fn):
+    """The reward's reference accuracy on the images episodes are scored on.
+
+    Episode accuracies come from the reward validation subset; references (the sparse model's
+    accuracy, the pruning curve) are full-validation numbers, so they are shifted by how much easier
+    or harder the subset is for `model`: acc(model, subset) - acc(model, full val). No shift without a subset.
+    """
+    if setup.reward_val is setup.data.val:
+        return reference_fn
+    full, _ = evaluate(model, setup.data.val, setup.device, setup.precision)
+    sub, _ = evaluate(model, setup.reward_val, setup.device, setup.precision)
+    log(f"reward validation subset: {sub:.2f} vs full validation {full:.2f}; references shifted by {sub - full:+.2f}")
+    return lambda sparsity: reference_fn(sparsity) + (sub - full)
 
 
 def mini_finetune_steps(args, steps_per_epoch):
@@ -270,12 +324,12 @@ def run_oneshot(args, kind_cls, *, sparse_path, out_dir, requested, reference, s
     sparse_val, _ = evaluate(sparse, setup.data.val, setup.device, setup.precision)
     sparse_test, _ = evaluate(sparse, setup.data.test, setup.device, setup.precision)
     start_sparsity = kind.sparsity(sparse)
-    ref_fn = reference(setup, kind, sparse_val)
+    ref_fn = calibrated_reference(setup, sparse, reference(setup, kind, sparse_val))
     log(f"sparse start {sparse_path}: {kind.describe(sparse)}, val {sparse_val:.2f}, test {sparse_test:.2f}")
 
     steps = mini_finetune_steps(args, len(setup.data.train))
-    env = RegrowthEnv(work_model_like(setup, sparse.state_dict()), clone_state(sparse), regrower, setup.data,
-                      setup.device, setup.precision, steps, ref_fn, args.budget_bonus, kind.total(), args.seed)
+    env = RegrowthEnv(work_model_like(setup, sparse.state_dict()), clone_state(sparse), regrower, setup.reward_train,
+                      setup.reward_val, setup.device, setup.precision, steps, ref_fn, args.budget_bonus, kind.total(), args.seed)
     reinforce = (make_reinforce(args, rl_options["action_space_size"], 0, rl_options["advantage"], rl_options["clip"])
                  if args.allocator == "rl" else None)
     wandb = WandbLog(args.wandb, "bridge_" + kind.stage_prefix, f"{args.m_name}_{start_sparsity:.4f}", vars(args))
@@ -445,7 +499,8 @@ def run_iterative(args, kind_cls, *, baseline_dir, run_dir, script, rl_options):
         if sum(space.capacities.values()) == 0:
             log("everything pruned in the search space is restored; stopping")
             break
-        env = RegrowthEnv(work, clone_state(current), kind.regrower(space), setup.data, setup.device,
+        env = RegrowthEnv(work, clone_state(current), kind.regrower(space), setup.reward_train, setup.reward_val,
+                          setup.device,
                           setup.precision, steps, curve, args.budget_bonus, kind.total(), args.seed + it)
         reinforce = (make_reinforce(args, args.alloc_space_size, args.budget_space_size, rl_options["advantage"],
                                     rl_options["clip"]) if args.allocator == "rl" else None)

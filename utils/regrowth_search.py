@@ -62,10 +62,11 @@ def init_generator(seed, episode):
 class RegrowthEnv:
     """Scores allocations on a preallocated working model (see module docstring)."""
 
-    def __init__(self, work_model, start_state, regrower, data, device, precision, mini_steps, reference_fn,
-                 budget_bonus, total_weights, seed, lr=3e-4, weight_decay=0.01, keep_states=True):
+    def __init__(self, work_model, start_state, regrower, train_loader, val_loader, device, precision, mini_steps,
+                 reference_fn, budget_bonus, total_weights, seed, lr=3e-4, weight_decay=0.01, keep_states=True):
         self.model, self.start_state, self.regrower = work_model, start_state, regrower
-        self.data, self.device, self.precision = data, device, precision
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.device, self.precision = device, precision
         self.mini_steps, self.reference_fn, self.budget_bonus = int(mini_steps), reference_fn, budget_bonus
         self.total_weights, self.seed, self.lr, self.weight_decay = total_weights, seed, lr, weight_decay
         self.keep_states = keep_states
@@ -84,9 +85,9 @@ class RegrowthEnv:
         pre = cpu_clone(self.model.state_dict()) if self.keep_states else None
         t1 = time.perf_counter()
         set_seed(self.seed)  # same dropout / data order in every episode of this environment
-        set_shuffle_seed(self.data.train, self.seed)
+        set_shuffle_seed(self.train_loader, self.seed)
         opt = adamw_finetune_optimizer(self.model, self.lr, self.weight_decay)
-        res = finetune(self.model, self.data.train, self.data.val, opt, self.device, self.precision,
+        res = finetune(self.model, self.train_loader, self.val_loader, opt, self.device, self.precision,
                        steps=self.mini_steps, verbose=False, desc=f"episode {episode + 1}")
         t2 = time.perf_counter()
         sparsity = self.regrower.sparsity(self.model)
@@ -95,8 +96,9 @@ class RegrowthEnv:
         reward = (res.best_val_acc - ref) / 100.0 + self.budget_bonus * usage
         post = cpu_clone(self.model.state_dict()) if self.keep_states else None
         train_s = sum(h["seconds"] for h in res.history)
-        timings = {"regrow_s": t1 - t0, "finetune_train_s": train_s, "finetune_eval_s": (t2 - t1) - train_s,
-                   "episode_s": time.perf_counter() - t0}
+        data_s = sum(h["data_seconds"] for h in res.history)
+        timings = {"regrow_s": t1 - t0, "finetune_train_s": train_s - data_s, "finetune_data_s": data_s,
+                   "finetune_eval_s": (t2 - t1) - train_s, "episode_s": time.perf_counter() - t0}
         return EpisodeResult(reward, res.best_val_acc, ref, sparsity, regrown, usage, dict(allocation), timings,
                              pre, post)
 

@@ -34,6 +34,8 @@ def weight_saliency(model, loader, layer_names, device, max_batches=None, precis
     taylor = [torch.zeros_like(w) for w in weights] if with_taylor else None
     was_training = model.training
     model.eval()
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(0)  # the same batches whenever the pass runs (results are cached by content)
     n_batches = 0
     total = len(loader) if max_batches is None else min(len(loader), max_batches)
     for i, (x, y) in enumerate(bar(loader, total=total, desc="saliency", leave=False, unit="batch")):

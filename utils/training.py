@@ -33,7 +33,7 @@ class EpochStats:
     steps: int
     samples: int
     seconds: float
-
+    data_seconds: float = 0.0  # of `seconds`, the time spent waiting for the loader
     @property
     def images_per_s(self):
         return self.samples / self.seconds if self.seconds > 0 else float("nan")
@@ -52,7 +52,20 @@ def train_one_epoch(model, loader, optimizer, device, precision=Precision(), sch
     samples = steps = 0
     t0 = time.perf_counter()
     total = len(loader) if max_steps is None else min(len(loader), max_steps)
-    with bar(loader, total=total, desc=desc, leave=False, unit="batch") as it:
+    waited = [0.0]
+
+    def timed(source):
+        iterator = iter(source)
+        while True:
+            t = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            waited[0] += time.perf_counter() - t
+            yield batch
+
+    with bar(timed(loader), total=total, desc=desc, leave=False, unit="batch") as it:
         for x, y in it:
             if max_steps is not None and steps >= max_steps:
                 break
@@ -76,7 +89,8 @@ def train_one_epoch(model, loader, optimizer, device, precision=Precision(), sch
     loss_avg = (loss_sum / max(samples, 1)).item()
     if not math.isfinite(loss_avg):
         raise NonFiniteLossError(f"non-finite training loss in {desc}")
-    return EpochStats(loss_avg, 100.0 * correct.item() / max(samples, 1), steps, samples, time.perf_counter() - t0)
+    return EpochStats(loss_avg, 100.0 * correct.item() / max(samples, 1), steps, samples, time.perf_counter() - t0,
+                      waited[0])
 
 
 @torch.no_grad()
@@ -160,7 +174,8 @@ def finetune(model, train_loader, val_loader, optimizer, device, precision=Preci
         else:
             stale += 1
         history.append({"epoch": epoch, "steps": done, "train_loss": stats.loss, "train_acc": stats.acc,
-                        "val_loss": val_loss, "val_acc": val_acc, "seconds": stats.seconds})
+                        "val_loss": val_loss, "val_acc": val_acc, "seconds": stats.seconds,
+                        "data_seconds": stats.data_seconds})
         if verbose:
             log(f"[{desc}] epoch {epoch} steps {done}/{steps} | train loss {stats.loss:.4f} acc {stats.acc:.2f} | "
                 f"val loss {val_loss:.4f} acc {val_acc:.2f}{' *' if improved else ''} | {stats.images_per_s:.0f} img/s")
