@@ -58,7 +58,7 @@ def main(args):
     data = cli.build_data(args, device)
     log(data.describe() + f" | device {device} | precision {precision.name}")
 
-    out_dir = checkpoint_dir(args.work_dir, args.m_name)
+    out_dir = cli.check_writable(checkpoint_dir(args.work_dir, args.m_name))
     best_path, last_path = os.path.join(out_dir, "ckpt.pth"), os.path.join(out_dir, "last.pth")
     model = to_device(model_loader(args.m_name), device, precision)
     net = dist.wrap_ddp(model)  # under torchrun: DistributedDataParallel, each process on its shard

@@ -55,12 +55,25 @@ def load_curves(work_dir, m_name):
     return curves
 
 
-def _curve_for(start_ckpt, curves, work_dir, m_name):
-    folder = os.path.abspath(os.path.dirname(start_ckpt or ""))
-    for name in curves:
-        if os.path.abspath(os.path.join(work_dir, m_name, name)) == folder:
-            return name
-    return None
+def _curve_for(start_ckpt, curves, m_name):
+    """The pruning curve a run started from: its start checkpoint's folder is {m_name}/{curve folder}."""
+    folder = os.path.dirname(os.path.normpath(start_ckpt or ""))
+    name, parent = os.path.basename(folder), os.path.basename(os.path.dirname(folder))
+    return name if name in curves and parent == m_name else None
+
+
+def _args_from_checkpoint(folder):
+    """The run's arguments from its final checkpoint (for summaries written before they recorded them)."""
+    import torch
+
+    for name in ("final_finetuned.pth", os.path.join("iter_0", "best_grown_model.pth")):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            try:
+                return dict(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("args") or {})
+            except Exception:
+                return {}
+    return {}
 
 
 def load_runs(paths, m_name):
@@ -74,7 +87,7 @@ def load_runs(paths, m_name):
                 continue
             if s.get("model") not in (m_name, None):
                 continue
-            args = s.get("args") or {}
+            args = s.get("args") or _args_from_checkpoint(os.path.dirname(path))
             if "iterations" in s:
                 its = s["iterations"]
                 start, end = its[0], its[-1]
@@ -134,7 +147,7 @@ def main(args):
     for g in groups:
         first = g[0]
         accs = [r[metric] for r in g]
-        curve_name = _curve_for(first["start_ckpt"], curves, args.work_dir, args.m_name)
+        curve_name = _curve_for(first["start_ckpt"], curves, args.m_name)
         ref = ""
         delta = ""
         if curve_name:

@@ -78,7 +78,7 @@ def main(args):
     t0 = time.perf_counter()
     setup, sparse, _ = prepare(args, sparse_path)
     out_dir = os.path.join(args.save_dir, args.m_name, str(args.model_sparsity) + (f"_{args.tag}" if args.tag else ""))
-    os.makedirs(out_dir, exist_ok=True)
+    cli.check_writable(out_dir)
     caps = layer_capacities(sparse, setup.masked_names)
     ssim = layer_ssim(setup.dense, sparse, setup.data.val, setup.device, setup.masked_names, args.ssim_num_batches,
                       Precision(None, setup.precision.channels_last))

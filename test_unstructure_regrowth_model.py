@@ -22,7 +22,7 @@ from utils.compact import export_compact, load_compact
 from utils.errors import BridgeError
 from utils.masks import format_layer_table, layer_table, model_sparsity
 from utils.metrics import model_cost
-from utils.structured import filter_counts, is_structured_model
+from utils.structured import channel_sparsity, filter_counts, is_structured_model
 from utils.plots import plot_accuracy_vs_sparsity
 from utils.progress import log
 from utils.records import write_csv
@@ -41,6 +41,9 @@ def get_args_parser():
     p.add_argument("--per_layer", action="store_true", help="print the per-layer sparsity table of every checkpoint")
     p.add_argument("--no_eval", action="store_true", help="skip accuracy (sparsity and cost only; no data needed)")
     p.add_argument("--trust_pickle", action="store_true", help="allow reading pickled published checkpoints")
+    p.add_argument("--convert", default=None, metavar="OUT_DIR",
+                   help="rewrite the checkpoints (e.g. the published formats) in this project's format into OUT_DIR, "
+                        "then exit (needs --m_name for files that do not record their model)")
     cli.add_data_args(p)
     cli.add_runtime_args(p)
     return p
@@ -67,8 +70,32 @@ def kind_of(stage):
     return "dense" if stage == "pretrain" else "other"
 
 
+def convert(args, files):
+    """Rewrite each checkpoint in our format (weights_only-loadable dict) under args.convert."""
+    from utils.checkpoints import save_checkpoint
+
+    cli.check_writable(args.convert)
+    written = []
+    for path in files:
+        meta = load_checkpoint(path, trust_pickle=args.trust_pickle)
+        m_name = args.m_name or meta.get("model")
+        if m_name is None:
+            raise BridgeError(f"{path} does not record its model; pass --m_name")
+        model, ckpt = model_from_checkpoint(path, m_name, trust_pickle=args.trust_pickle)
+        out = os.path.join(args.convert, os.path.splitext(os.path.basename(path))[0] + ".pth")
+        sparsity = ckpt.get("sparsity", channel_sparsity(model) if is_structured_model(model) else model_sparsity(model))
+        save_checkpoint(out, model, m_name, ckpt.get("dataset", args.dataset), ckpt.get("stage") or "converted",
+                        ckpt.get("args") or {}, ckpt.get("metrics") or {}, sparsity=sparsity, source=path,
+                        source_format=ckpt.get("format"))
+        log(f"converted {path} ({ckpt.get('format')}) -> {out}")
+        written.append(out)
+    return written
+
+
 def main(args):
     cli.print_args(args, "test_unstructure_regrowth_model.py")
+    if args.convert:
+        return convert(args, find_checkpoints(args.model_path))
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     set_seed(args.seed)

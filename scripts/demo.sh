@@ -48,6 +48,10 @@ python test_unstructure_regrowth_model.py --dataset digits --model_path "$WD/rl_
 python test_unstructure_regrowth_model.py --dataset digits --model_path "$WD/structured_rl_ckpts" \
   --baseline_dir "$WD/$M/structured_iterative" --csv "$WD/evaluation_structured.csv" | grep -v "^  "
 
+echo; echo "=== boundary: knee of the iterative curve, and a 8,000-weight device budget ==="
+python find_drop_point.py --model_path "$WD/$M/iterative" --dataset digits --max_nonzero_params 8000 \
+  | grep -E "^knee|^least sparse|^checkpoint just past|^start regrowth|^  python|^wrote"
+
 echo; echo "=== report: every run of $M in one table and figure ==="
 python report.py --m_name "$M" --work_dir "$WD" | grep -E "^wrote"
 

@@ -88,3 +88,34 @@ def test_load_state_into_adds_masks(tmp_path):
     fresh = model_loader("resnet20")
     load_state_into(fresh, sparse.state_dict())
     assert model_sparsity(fresh) == pytest.approx(model_sparsity(sparse))
+
+
+def test_convert_published_formats_round_trip(tmp_path):
+    """Published raw / dense / pickled-module files -> our format -> identical tensors, weights_only."""
+    import test_unstructure_regrowth_model as evaluate_script
+
+    sparse = _sparse_resnet20()
+    src = tmp_path / "published"
+    src.mkdir()
+    torch.save(sparse.state_dict(), src / "iterate_0.9.pth")
+    torch.save({"net": model_loader("resnet20").state_dict(), "acc": 90.0, "epoch": 3}, src / "pretrain_ckpt.pth")
+    torch.save(sparse, src / "best_ep1_rwd+0.01.pth")  # a whole pickled module, as one-shot regrowth saved it
+    out = tmp_path / "converted"
+    args = evaluate_script.get_args_parser().parse_args(
+        ["--model_path", str(src), "--m_name", "resnet20", "--convert", str(out), "--trust_pickle"])
+    written = evaluate_script.main(args)
+    assert sorted(os.path.basename(p) for p in written) == ["best_ep1_rwd+0.01.pth", "iterate_0.9.pth",
+                                                            "pretrain_ckpt.pth"]
+    for name in ("iterate_0.9.pth", "best_ep1_rwd+0.01.pth"):
+        ck = torch.load(out / name, weights_only=True)
+        assert ck["format"] == "bridge-v1" and ck["model"] == "resnet20"
+        assert ck["sparsity"] == pytest.approx(model_sparsity(sparse))
+        for k, v in sparse.state_dict().items():
+            assert torch.equal(ck["state_dict"][k], v)
+    dense = torch.load(out / "pretrain_ckpt.pth", weights_only=True)
+    assert dense["metrics"]["val_acc"] == 90.0 and dense["sparsity"] == 0.0
+    # without --trust_pickle the pickled module is refused with a clear message
+    args = evaluate_script.get_args_parser().parse_args(
+        ["--model_path", str(src / "best_ep1_rwd+0.01.pth"), "--m_name", "resnet20", "--convert", str(out)])
+    with pytest.raises(CheckpointError, match="trust_pickle"):
+        evaluate_script.main(args)

@@ -50,6 +50,19 @@ def check_fraction(name, value, low_inclusive=True):
     return value
 
 
+def check_writable(folder):
+    """Fail early, with one line, if outputs cannot be written under `folder` (created if missing)."""
+    import tempfile
+
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_test_"):
+            pass
+    except OSError as exc:
+        raise BridgeError(f"cannot write to {folder}: {exc.strerror or exc}") from None
+    return folder
+
+
 def build_data(args, device):
     """DataBundle for the script's data arguments; checks that the model fits the data."""
     from data.data_loader import canonical_dataset_name, data_loader, SPECS
@@ -91,6 +104,10 @@ def run(main, parser, argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as exc:  # a file problem the library did not anticipate: still one line, no traceback
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        sys.exit(2)
     finally:
         if distributed.is_distributed():
             import torch.distributed as torch_dist

@@ -199,3 +199,24 @@ def plot_report(curves, points, arrows, path, title):
         else:
             ax.text(0.5, 0.5, f"no {unit} runs", ha="center", va="center", transform=ax.transAxes)
     return _save(fig, path)
+
+
+def plot_knees(xs, ys, marks, dense_acc, tolerance, path, title, xlabel):
+    """A pruning curve with its knees marked and the dense-minus-tolerance band."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.plot(xs, ys, "o-", ms=4, label="pruning curve")
+    styles = {"residual": ("X", "tab:red"), "two_segment": ("s", "tab:orange"), "tolerance": ("D", "tab:green")}
+    for name, idx in marks.items():
+        if idx is not None:
+            marker, color = styles.get(name, ("o", "k"))
+            ax.scatter([xs[idx]], [ys[idx]], marker=marker, s=110, color=color, zorder=5,
+                       label=f"knee: {name} ({xs[idx]:.4f})")
+    if dense_acc is not None:
+        ax.axhline(dense_acc, color="0.4", lw=0.8, label=f"dense {dense_acc:.2f}")
+        ax.axhspan(dense_acc - tolerance, dense_acc, color="tab:green", alpha=0.1, label=f"within {tolerance:g} pt")
+    _sparsity_axis(ax, list(xs), xlabel)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)

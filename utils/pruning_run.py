@@ -80,7 +80,7 @@ def run_pruning(args, plan):
     data = cli.build_data(args, device)
     log(data.describe() + f" | device {device} | precision {precision.name}")
     dense_path = args.dense_ckpt or os.path.join(args.work_dir, args.m_name, "checkpoint", "ckpt.pth")
-    out_dir = os.path.join(args.work_dir, args.m_name, plan.folder)
+    out_dir = cli.check_writable(os.path.join(args.work_dir, args.m_name, plan.folder))
     log_path = os.path.join(out_dir, "prune_log.jsonl")
     steps = finetune_steps(args, plan.mode, len(data.train))
     dense_model, _ = model_from_checkpoint(dense_path, args.m_name, expect="dense", trust_pickle=args.trust_pickle)

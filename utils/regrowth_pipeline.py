@@ -307,10 +307,10 @@ def run_oneshot(args, kind_cls, *, sparse_path, out_dir, requested, reference, s
     the reward's reference accuracy; rl_options: {action_space_size, advantage, clip, position, top_up}.
     """
     cli.print_args(args, script)
+    cli.check_writable(out_dir)
     t_run = time.perf_counter()
     setup, sparse, _ = prepare(args, sparse_path)
     kind = kind_cls(setup)
-    os.makedirs(out_dir, exist_ok=True)
     want = requested(setup, kind)
     space = kind.search_space(sparse, top_up_to=want if rl_options.get("top_up") else None)
     capacity = sum(space.capacities.values())
@@ -451,11 +451,11 @@ def run_iterative(args, kind_cls, *, baseline_dir, run_dir, script, rl_options):
     curve = load_pruning_curve(baseline_dir)
     sparse_path = args.initial_ckpt or curve.sources[-1]
     cli.print_args(args, script)
+    cli.check_writable(run_dir)
     log(curve.describe() + f" from {baseline_dir}")
     t_run = time.perf_counter()
     setup, current, _ = prepare(args, sparse_path)
     kind = kind_cls(setup)
-    os.makedirs(run_dir, exist_ok=True)
     iter_log = os.path.join(run_dir, "iterations.jsonl")
     steps = mini_finetune_steps(args, len(setup.data.train))
     budget_options = torch.linspace(args.min_budget_frac, args.max_budget_frac, args.budget_space_size).tolist()

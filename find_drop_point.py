@@ -1,0 +1,239 @@
+"""Find the compression barrier of a pruning curve, and where a device's budget puts the start of regrowth.
+
+For a folder of pruned checkpoints (unstructured or structured; several folders = several seeds of one
+curve) it reads the recorded accuracy of each level (or evaluates checkpoints that record none), finds
+the knee three ways (utils/boundary.py: the published residual rule with its last-point bug fixed, a
+two-segment linear fit, and a tolerance rule with a bootstrap interval over seeds), and prints a table,
+writes boundary.csv and boundary.png (curve, knees, tolerance band) next to the first folder.
+
+With a device budget (--max_nonzero_params, --max_bytes with --storage, --max_flops, --max_latency_ms
+with --latency_batch) it also reports the least sparse checkpoint that fits, the checkpoint just past the
+knee, the regrowth budget (weights or filters) that stays inside the limit from there, and prints the
+regrowth_oneshot.py / regrowth_structure_oneshot.py command to run.
+
+    python find_drop_point.py --model_path resnet20/iterative --max_nonzero_params 5000
+    python find_drop_point.py --model_path seed0/resnet20/oneshot seed1/resnet20/oneshot --tolerance 1
+"""
+import argparse
+import glob
+import math
+import os
+
+import numpy as np
+
+from models import model_spec
+from utils import cli
+from utils.boundary import STORAGE, bytes_per_weight, find_knees, storage_bytes
+from utils.checkpoints import load_checkpoint, model_from_checkpoint
+from utils.compact import export_compact, latency_ms
+from utils.errors import BridgeError
+from utils.masks import count_pruned_params
+from utils.metrics import layer_costs, model_cost
+from utils.plots import plot_knees
+from utils.progress import log
+from utils.pruning_curve import read_recorded
+from utils.records import write_csv
+from utils.structured import filter_counts, is_structured_model
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser("find_drop_point.py", description="Knee of the accuracy-sparsity curve + device budgets")
+    p.add_argument("--model_path", nargs="+", required=True, help="folder(s) of pruned checkpoints (one per seed)")
+    p.add_argument("--m_name", default=None, help="model (default: recorded in the checkpoints)")
+    p.add_argument("--metric", default="val_acc", choices=("val_acc", "test_acc"), help="accuracy the knee is found on")
+    p.add_argument("--tolerance", type=float, default=1.0, help="points of accuracy below dense still 'safe'")
+    p.add_argument("--dense_acc", type=float, default=None,
+                   help="dense accuracy (default: recorded in the dense checkpoint the levels were pruned from)")
+    g = p.add_argument_group("device budget")
+    g.add_argument("--max_nonzero_params", type=int, default=None, help="non-zero prunable weights")
+    g.add_argument("--max_bytes", type=int, default=None, help="bytes of sparse storage (see --storage)")
+    g.add_argument("--storage", default="bitmask", choices=STORAGE,
+                   help="bitmask: values + 1 bit per prunable weight; csr: values + 4-byte index per non-zero")
+    g.add_argument("--value_bytes", type=int, default=4, help="bytes per stored weight (4 fp32, 2 bf16)")
+    g.add_argument("--max_flops", type=float, default=None, help="MACs per image (non-zero, or compact if structured)")
+    g.add_argument("--max_latency_ms", type=float, default=None, help="compact-model latency (structured only)")
+    g.add_argument("--latency_batch", type=int, default=1)
+    p.add_argument("--trust_pickle", action="store_true")
+    cli.add_data_args(p)
+    cli.add_runtime_args(p)
+    return p
+
+
+def _levels(args):
+    """[(path, sparsity, {metric: acc}, ckpt metadata)] over all folders."""
+    rows = []
+    for folder in args.model_path:
+        if not os.path.isdir(folder):
+            raise BridgeError(f"--model_path folder not found: {folder}")
+        for path in sorted(glob.glob(os.path.join(folder, "*.pth"))):
+            if os.path.basename(path).startswith((".tmp", "search_")) or path.endswith("_compact.pth"):
+                continue
+            sp, metrics = read_recorded(path)
+            if sp > 0:
+                rows.append((path, sp, metrics, folder))
+    if not rows:
+        raise BridgeError(f"no pruned checkpoint in {', '.join(args.model_path)}")
+    return rows
+
+
+def main(args):
+    cli.print_args(args, "find_drop_point.py")
+    levels = _levels(args)
+    first = load_checkpoint(levels[0][0], trust_pickle=args.trust_pickle)
+    m_name = args.m_name or first.get("model")
+    if m_name is None:
+        raise BridgeError(f"{levels[0][0]} does not record its model; pass --m_name")
+    missing = [lv for lv in levels if args.metric not in lv[2]]
+    if missing:  # published files record nothing: evaluate them once
+        from utils.runtime import resolve_device, resolve_precision, to_device
+        from utils.training import evaluate
+
+        device = resolve_device(args.device)
+        precision = resolve_precision(args.precision, device)
+        data = cli.build_data(argparse.Namespace(**{**vars(args), "m_name": m_name}), device)
+        loader = data.val if args.metric == "val_acc" else data.test
+        for path, sp, metrics, _ in missing:
+            model, _ = model_from_checkpoint(path, m_name, trust_pickle=args.trust_pickle)
+            metrics[args.metric] = evaluate(to_device(model, device, precision), loader, device, precision)[0]
+            log(f"evaluated {path}: {args.metric} {metrics[args.metric]:.2f}")
+    dense_acc = args.dense_acc
+    if dense_acc is None:  # the dense model the levels were pruned from (recorded path, or {m}/checkpoint/ckpt.pth)
+        candidates = [first.get("dense_ckpt") or "",
+                      os.path.join(os.path.dirname(os.path.abspath(args.model_path[0])), "checkpoint", "ckpt.pth")]
+        found = next((c for c in candidates if c and os.path.isfile(c)), None)
+        if found:
+            dense_acc = read_recorded(found)[1].get(args.metric)
+    # one curve: mean over seeds at each (rounded) sparsity
+    by_level = {}
+    for path, sp, metrics, _ in levels:
+        by_level.setdefault(round(sp, 4), []).append((path, metrics[args.metric]))
+    xs = sorted(by_level)
+    ys = [float(np.mean([a for _, a in by_level[s]])) for s in xs]
+    seeds = [(s, [a for _, a in by_level[s]]) for s in xs]
+    knees = find_knees(xs, ys, dense_acc, args.tolerance, seeds)
+    structured = "structured" in str(first.get("stage", ""))
+
+    table = []
+    for s, y in zip(xs, ys):
+        table.append({"sparsity": s, args.metric: y, "seeds": len(by_level[s]), "path": by_level[s][0][0]})
+    marks = {"residual": knees.residual, "two_segment": knees.two_segment, "tolerance": knees.tolerance}
+    log(f"\n{m_name}: {len(xs)} levels ({'channel' if structured else 'weight'} sparsity), "
+        f"{len(args.model_path)} folder(s); dense {args.metric} "
+        + (f"{dense_acc:.2f}" if dense_acc is not None else "unknown (pass --dense_acc for the tolerance rule)"))
+    log(f"{'sparsity':>9} {args.metric:>8} {'seeds':>5}  knee")
+    for i, r in enumerate(table):
+        tags = [k for k, v in marks.items() if v == i]
+        log(f"{r['sparsity']:>9.4f} {r[args.metric]:>8.2f} {r['seeds']:>5}  {', '.join(tags)}")
+    for k, v in marks.items():
+        log(f"knee ({k}): " + (f"sparsity {xs[v]:.4f}, {args.metric} {ys[v]:.2f}" if v is not None else "none found"))
+        for r in table:
+            r[f"knee_{k}"] = table.index(r) == v
+    if knees.two_segment_slopes:
+        log(f"two-segment slopes: {knees.two_segment_slopes[0]:+.1f} then {knees.two_segment_slopes[1]:+.1f} "
+            "accuracy points per unit sparsity")
+    if knees.tolerance_interval:
+        lo, hi = knees.tolerance_interval
+        log(f"tolerance-rule sparsity, 95% bootstrap interval over seeds: [{lo:.4f}, {hi:.4f}]")
+
+    budget_report = None
+    if any(v is not None for v in (args.max_nonzero_params, args.max_bytes, args.max_flops, args.max_latency_ms)):
+        budget_report = device_budget(args, m_name, table, xs, knees, structured)
+    out_dir = args.model_path[0]
+    csv_path = write_csv(os.path.join(out_dir, "boundary.csv"), table)
+    png = plot_knees(xs, ys, marks, dense_acc, args.tolerance, os.path.join(out_dir, "boundary.png"),
+                     f"{m_name}: knee of the pruning curve ({args.metric})",
+                     "channel sparsity" if structured else "weight sparsity")
+    log(f"wrote {csv_path}, {png}")
+    return {"knees": knees, "table": table, "budget": budget_report}
+
+
+def device_budget(args, m_name, table, xs, knees, structured):
+    """Which checkpoints fit the device, where regrowth starts, and how much it may regrow."""
+    if args.max_latency_ms is not None and not structured:
+        raise BridgeError("--max_latency_ms applies to filter-pruned (compact) models; "
+                          "a weight-sparse model runs dense kernels on this machine")
+    size = model_spec(m_name).input_size
+    dense_filters = None
+    for r in table:
+        model, _ = model_from_checkpoint(r["path"], m_name, trust_pickle=args.trust_pickle)
+        total, nnz, _ = count_pruned_params(model)
+        r["nonzero_params"], r["prunable_params"] = nnz, total
+        r["bytes"] = storage_bytes(model, args.storage, args.value_bytes)
+        if structured or is_structured_model(model):
+            compact = export_compact(model, m_name)
+            r["macs"] = model_cost(compact, size)["macs"]
+            r["alive_filters"] = filter_counts(model)[1] - filter_counts(model)[0]
+            dense_filters = filter_counts(model)[1]
+            if args.max_latency_ms is not None:
+                r["latency_ms"] = latency_ms(compact, size, args.latency_batch)
+        else:
+            costs = layer_costs(model, size)
+            r["macs"] = sum(c.nonzero_macs for c in costs)
+            r["max_macs_per_weight"] = max(c.macs // max(c.params, 1) for c in costs)
+        limits = {"nonzero_params": args.max_nonzero_params, "bytes": args.max_bytes, "macs": args.max_flops,
+                  "latency_ms": args.max_latency_ms}
+        r["fits"] = all(v is None or r[k] <= v for k, v in limits.items())
+    knee_idx = next((v for v in (knees.two_segment, knees.residual, knees.tolerance) if v is not None), None)
+    fitting = [r for r in table if r["fits"]]
+    least_sparse = min(fitting, key=lambda r: r["sparsity"]) if fitting else None
+    past = [r for r in table if knee_idx is not None and r["sparsity"] > xs[knee_idx]]
+    just_past = past[0] if past else None
+    start = next((r for r in past if r["fits"]), None)
+    log("\ndevice budget: " + ", ".join(f"{k} <= {v:g}" for k, v in (
+        ("non-zero weights", args.max_nonzero_params), (f"bytes ({args.storage})", args.max_bytes),
+        ("MACs", args.max_flops), (f"latency ms (batch {args.latency_batch})", args.max_latency_ms)) if v is not None))
+    for r in table:
+        log(f"  sparsity {r['sparsity']:.4f}: {r['nonzero_params']:>10,} non-zero, {r['bytes']:>10,} bytes, "
+            f"{r['macs'] / 1e6:>8.2f} M MACs" + (f", {r['latency_ms']:.2f} ms" if "latency_ms" in r else "")
+            + ("  fits" if r["fits"] else ""))
+    log(f"least sparse checkpoint that fits: {least_sparse['path'] if least_sparse else 'none'}")
+    log(f"checkpoint just past the knee: {just_past['path'] if just_past else 'none'}")
+    if start is None:
+        log("no checkpoint past the knee fits the device; prune further first")
+        return {"least_sparse_fit": least_sparse, "just_past_knee": just_past, "start": None}
+    # how much can come back before the device limit (and not beyond the knee)
+    room = []
+    if structured:
+        per_filter_params = start["prunable_params"] / dense_filters
+        per_filter_macs = max(table, key=lambda r: r["macs"])["macs"] / dense_filters
+        if args.max_nonzero_params is not None:
+            room.append(math.floor((args.max_nonzero_params - start["nonzero_params"]) / per_filter_params))
+        if args.max_bytes is not None:
+            room.append(math.floor((args.max_bytes - start["bytes"]) / (per_filter_params * args.value_bytes)))
+        if args.max_flops is not None:
+            room.append(math.floor((args.max_flops - start["macs"]) / per_filter_macs))
+        if args.max_latency_ms is not None:
+            nxt = [r for r in table if r["sparsity"] < start["sparsity"]]
+            if nxt:
+                prev = max(nxt, key=lambda r: r["sparsity"])
+                slope = (prev["latency_ms"] - start["latency_ms"]) / max(prev["alive_filters"] - start["alive_filters"], 1)
+                room.append(math.floor((args.max_latency_ms - start["latency_ms"]) / max(slope, 1e-9)))
+        to_knee = math.floor((start["sparsity"] - xs[knee_idx]) * dense_filters)
+        budget = max(0, min(room + [to_knee]))
+        frac = budget / dense_filters
+        command = (f"python regrowth_structure_oneshot.py --m_name {m_name} --initial_ckpt {start['path']} "
+                   f"--sparsity_delta {frac:.4f}")
+        unit = "filters"
+    else:
+        total = start["prunable_params"]
+        if args.max_nonzero_params is not None:
+            room.append(args.max_nonzero_params - start["nonzero_params"])
+        if args.max_bytes is not None:
+            room.append(math.floor((args.max_bytes - start["bytes"]) / bytes_per_weight(args.storage, args.value_bytes)))
+        if args.max_flops is not None:  # a regrown weight costs at most its layer's MACs per weight
+            room.append(math.floor((args.max_flops - start["macs"]) / start["max_macs_per_weight"]))
+        to_knee = math.floor((start["sparsity"] - xs[knee_idx]) * total)
+        budget = max(0, min(room + [to_knee]))
+        frac = budget / total
+        command = (f"python regrowth_oneshot.py --m_name {m_name} --initial_ckpt {start['path']} "
+                   f"--model_sparsity {round(start['sparsity'], 4)} --regrow_step {frac:.5f}")
+        unit = "weights"
+    log(f"start regrowth from {start['path']} (sparsity {start['sparsity']:.4f}); regrowth budget inside the device "
+        f"limit and not past the knee: {budget:,} {unit} ({frac:.4%})")
+    log(f"run:\n  {command}")
+    return {"least_sparse_fit": least_sparse, "just_past_knee": just_past, "start": start, "budget": budget,
+            "unit": unit, "command": command}
+
+
+if __name__ == "__main__":
+    cli.run(main, get_args_parser())

@@ -1,0 +1,138 @@
+"""Boundary estimation: where the accuracy-sparsity curve breaks, and what a device's budget allows.
+
+Knee (drop point) of a pruning curve, three ways:
+
+* residual: the published rule, fixed. For i = 3 .. n, fit a least-squares line to the first i points
+  and flag point i-1 when its absolute residual exceeds 3 x the mean absolute residual of the points
+  before it (the published loop stopped at n-1, so the last point was never tested);
+* two-segment: the split k minimising the total squared error of two lines fitted to points [0..k]
+  and [k..n-1] (the split point belongs to both, each side >= 2 points);
+* tolerance: the largest sparsity whose accuracy stays within `tolerance` points of the dense
+  accuracy; with several seeds per level, a bootstrap over seeds gives a percentile interval.
+
+Device budgets (utils.boundary.fits): non-zero weights, storage bytes (`bitmask`: values + one bit
+per prunable weight; `csr`: values + a 4-byte column index per non-zero + 4-byte row pointers; biases
+and BatchNorm stored dense), MACs (non-zero for weight pruning, compact for filter pruning) and latency
+measured on this machine for compact structured models.
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from utils.masks import prunable_modules
+
+
+def _fit(x, y):
+    """Least-squares line through (x, y); returns (slope, intercept, residuals)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if np.ptp(x) == 0:
+        return 0.0, float(y.mean()), y - y.mean()
+    slope, intercept = np.polyfit(x, y, 1)
+    return float(slope), float(intercept), y - (slope * x + intercept)
+
+
+def residual_knee(x, y, factor=3.0):
+    """Index of the first point whose in-sample residual exceeds factor x the mean residual before it, or None.
+
+    Residuals at floating-point noise level (a perfectly straight stretch) never count as a knee.
+    """
+    floor = 1e-6 * max(1.0, float(np.ptp(np.asarray(y, float)))) if len(y) else 0.0
+    for i in range(3, len(x) + 1):  # i = number of points fitted; the last point (i = n) is tested too
+        _, _, res = _fit(x[:i], y[:i])
+        res = np.abs(res)
+        before = res[: i - 1].mean()
+        if res[i - 1] > floor and res[i - 1] > factor * before:
+            return i - 1
+    return None
+
+
+def two_segment_knee(x, y):
+    """(split index, left slope, right slope) minimising the two lines' total squared error, or None."""
+    best = None
+    for k in range(1, len(x) - 1):
+        if k + 1 < 2 or len(x) - k < 2:
+            continue
+        left, right = _fit(x[: k + 1], y[: k + 1]), _fit(x[k:], y[k:])
+        sse = float((left[2] ** 2).sum() + (right[2] ** 2).sum())
+        if best is None or sse < best[0]:
+            best = (sse, k, left[0], right[0])
+    return None if best is None else best[1:]
+
+
+def tolerance_knee(x, y, dense_acc, tolerance):
+    """Index of the largest sparsity whose accuracy is within `tolerance` points of dense, or None."""
+    ok = [i for i in range(len(x)) if y[i] >= dense_acc - tolerance]
+    return max(ok, key=lambda i: x[i]) if ok else None
+
+
+def bootstrap_tolerance(levels, dense_accs, tolerance, samples=2000, seed=0, level=0.95):
+    """Percentile interval of the tolerance-rule sparsity, resampling seeds at every level (and the dense runs).
+
+    levels: [(sparsity, [accuracy per seed])] sorted by sparsity. Returns (low, high, point estimate).
+    """
+    rng = np.random.default_rng(seed)
+    xs = [s for s, _ in levels]
+    point = tolerance_knee(xs, [np.mean(a) for _, a in levels], np.mean(dense_accs), tolerance)
+    draws = []
+    for _ in range(samples):
+        means = [np.mean(rng.choice(a, size=len(a))) for _, a in levels]
+        dense = np.mean(rng.choice(dense_accs, size=len(dense_accs)))
+        k = tolerance_knee(xs, means, dense, tolerance)
+        draws.append(xs[k] if k is not None else 0.0)
+    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi), (xs[point] if point is not None else None)
+
+
+@dataclass
+class Knees:
+    residual: int = None
+    two_segment: int = None
+    two_segment_slopes: tuple = None
+    tolerance: int = None
+    tolerance_interval: tuple = None
+
+
+def find_knees(x, y, dense_acc=None, tolerance=1.0, seeds=None):
+    """All three knees of a curve (x sorted ascending). seeds: [(sparsity, [acc per seed])] for the bootstrap."""
+    out = Knees(residual=residual_knee(x, y))
+    seg = two_segment_knee(x, y)
+    if seg:
+        out.two_segment, out.two_segment_slopes = seg[0], (seg[1], seg[2])
+    if dense_acc is not None:
+        out.tolerance = tolerance_knee(x, y, dense_acc, tolerance)
+        if seeds and any(len(a) > 1 for _, a in seeds):
+            dense_runs = [dense_acc] if not isinstance(dense_acc, (list, tuple)) else dense_acc
+            out.tolerance_interval = bootstrap_tolerance(seeds, dense_runs, tolerance)[:2]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# device budgets
+# ------------------------------------------------------------------------------------------------
+
+STORAGE = ("bitmask", "csr")
+
+
+def storage_bytes(model, scheme="bitmask", value_bytes=4):
+    """Bytes to store a masked model sparsely (see module docstring); other parameters stored dense."""
+    total = 0
+    prunable = set()
+    for _, m in prunable_modules(model):
+        w = m.weight_orig * m.weight_mask if hasattr(m, "weight_mask") else m.weight
+        prunable.add(id(m.weight_orig if hasattr(m, "weight_orig") else m.weight))
+        nnz = int((w != 0).sum())
+        if scheme == "bitmask":
+            total += nnz * value_bytes + math.ceil(w.numel() / 8)
+        else:
+            rows = w.shape[0]
+            total += nnz * (value_bytes + 4) + (rows + 1) * 4
+    for p in model.parameters():
+        if id(p) not in prunable:
+            total += p.numel() * value_bytes
+    return total
+
+
+def bytes_per_weight(scheme="bitmask", value_bytes=4):
+    """Extra bytes one regrown weight costs."""
+    return value_bytes if scheme == "bitmask" else value_bytes + 4
