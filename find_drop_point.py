@@ -32,7 +32,7 @@ from utils.metrics import layer_costs, model_cost
 from utils.plots import plot_knees
 from utils.progress import log
 from utils.pruning_curve import read_recorded
-from utils.records import write_csv
+from utils.records import write_csv, write_json
 from utils.structured import filter_counts, is_structured_model
 
 
@@ -74,6 +74,11 @@ def _levels(args):
     if not rows:
         raise BridgeError(f"no pruned checkpoint in {', '.join(args.model_path)}")
     return rows
+
+
+def preferred_knee(knees):
+    """Index of the knee that starts regrowth: the two-segment fit, else the residual rule, else tolerance."""
+    return next((v for v in (knees.two_segment, knees.residual, knees.tolerance) if v is not None), None)
 
 
 def main(args):
@@ -140,10 +145,22 @@ def main(args):
         budget_report = device_budget(args, m_name, table, xs, knees, structured)
     out_dir = args.model_path[0]
     csv_path = write_csv(os.path.join(out_dir, "boundary.csv"), table)
+    # the knee used to start regrowth, and the checkpoint just past it, for scripts that chain stages
+    knee_idx = preferred_knee(knees)
+    past = [r for r in table if knee_idx is not None and r["sparsity"] > xs[knee_idx]]
+    summary = {"metric": args.metric, "dense_acc": dense_acc, "tolerance": args.tolerance,
+               "knees": {k: (None if v is None else {"sparsity": xs[v], args.metric: ys[v]}) for k, v in marks.items()},
+               "knee": None if knee_idx is None else {"rule": next(k for k in ("two_segment", "residual", "tolerance")
+                                                                   if marks[k] == knee_idx),
+                                                      "sparsity": xs[knee_idx], args.metric: ys[knee_idx],
+                                                      "path": table[knee_idx]["path"]},
+               "just_past_knee": past[0] if past else None,
+               "levels": [{k: r[k] for k in ("sparsity", args.metric, "seeds", "path")} for r in table]}
+    write_json(os.path.join(out_dir, "boundary.json"), summary)
     png = plot_knees(xs, ys, marks, dense_acc, args.tolerance, os.path.join(out_dir, "boundary.png"),
                      f"{m_name}: knee of the pruning curve ({args.metric})",
                      "channel sparsity" if structured else "weight sparsity")
-    log(f"wrote {csv_path}, {png}")
+    log(f"wrote {csv_path}, {os.path.join(out_dir, 'boundary.json')}, {png}")
     return {"knees": knees, "table": table, "budget": budget_report}
 
 
@@ -173,7 +190,7 @@ def device_budget(args, m_name, table, xs, knees, structured):
         limits = {"nonzero_params": args.max_nonzero_params, "bytes": args.max_bytes, "macs": args.max_flops,
                   "latency_ms": args.max_latency_ms}
         r["fits"] = all(v is None or r[k] <= v for k, v in limits.items())
-    knee_idx = next((v for v in (knees.two_segment, knees.residual, knees.tolerance) if v is not None), None)
+    knee_idx = preferred_knee(knees)
     fitting = [r for r in table if r["fits"]]
     least_sparse = min(fitting, key=lambda r: r["sparsity"]) if fitting else None
     past = [r for r in table if knee_idx is not None and r["sparsity"] > xs[knee_idx]]

@@ -35,6 +35,10 @@ def get_args_parser():
                    help="sparse start model (default {work_dir}/{m_name}/oneshot/{m_name}_{model_sparsity}.pth)")
     p.add_argument("--regrow_step", type=float, default=0.01, help="budget as a fraction of all prunable weights")
     p.add_argument("--action_space_size", type=int, default=11, help="ratio options j/A, j = 1..A")
+    p.add_argument("--fill_budget", action="store_true",
+                   help="rl: hand the budget the controller left unused to the search layers, lowest SSIM first, "
+                        "so every allocation regrows exactly the budget (compare arms at equal sparsity); "
+                        "the published controller may leave part of it unused")
     p.add_argument("--acc_baseline", type=float, default=None,
                    help="accuracy as a fraction (e.g. 0.9175): episodes above it also save a checkpoint")
     return p

@@ -16,6 +16,7 @@ Writes {work_dir}/{m}/report.md and report.png (curves with regrown points and a
 import argparse
 import glob
 import json
+import math
 import os
 
 from models import canonical_model_name
@@ -23,6 +24,7 @@ from utils import cli
 from utils.errors import BridgeError
 from utils.plots import plot_report
 from utils.progress import log
+from utils.records import write_json
 from utils.pruning_curve import PruningCurve, read_recorded
 from utils.records import read_jsonl
 from utils.stats import fmt_mean_std, mean_std
@@ -39,11 +41,18 @@ def get_args_parser():
                    help=f"folders searched for regrowth summary.json files (default {', '.join(DEFAULT_RUNS)} in work_dir)")
     p.add_argument("--metric", default="test_acc", choices=("test_acc", "val_acc"), help="accuracy shown")
     p.add_argument("--out", default=None, help="report path (default {work_dir}/{m_name}/report.md)")
+    p.add_argument("--curve_dirs", nargs="+", default=[],
+                   help="more work dirs whose {m_name}/ pruning curves are shown, labelled {dir name}/{curve}")
+    p.add_argument("--direct", nargs="+", default=[],
+                   help="work dirs of direct pruning runs (one per seed) each regrown result is compared with "
+                        "at the same sparsity: mean ± std, the difference, and whether it exceeds 2 pooled std")
+    p.add_argument("--dense_ckpt", default=None, help="dense checkpoint (default {work_dir}/{m_name}/checkpoint/ckpt.pth)")
+    p.add_argument("--title", default=None, help="report heading")
     return p
 
 
-def load_curves(work_dir, m_name):
-    """{folder name: rows sorted by sparsity} of the pruning logs (newest row per level)."""
+def load_curves(work_dir, m_name, prefix=""):
+    """{prefix + folder name: rows sorted by sparsity} of the pruning logs (newest row per level)."""
     curves = {}
     for folder in CURVE_FOLDERS:
         path = os.path.join(work_dir, m_name, folder, "prune_log.jsonl")
@@ -51,8 +60,28 @@ def load_curves(work_dir, m_name):
         for r in read_jsonl(path):
             latest[(r.get("pruner"), r["key"])] = r
         if latest:
-            curves[folder] = sorted(latest.values(), key=lambda r: r["sparsity"])
+            curves[prefix + folder] = sorted(latest.values(), key=lambda r: r["sparsity"])
     return curves
+
+
+def load_direct(dirs, m_name):
+    """Direct pruning runs (one work dir per seed): {(pruner, sparsity rounded to 4 places): [rows]}."""
+    groups = {}
+    for d in dirs:
+        for folder in CURVE_FOLDERS:
+            latest = {}
+            for r in read_jsonl(os.path.join(d, m_name, folder, "prune_log.jsonl")):
+                latest[(r.get("pruner"), r["key"])] = r
+            for r in latest.values():
+                groups.setdefault((r.get("pruner"), round(r["sparsity"], 4)), []).append(r)
+    return groups
+
+
+def compare(accs, other):
+    """Difference of means and whether it exceeds 2 pooled sample std (sqrt of the mean of both variances)."""
+    (ma, sa), (mb, sb) = mean_std(accs), mean_std(other)
+    pooled = math.sqrt((sa ** 2 + sb ** 2) / 2)
+    return ma - mb, pooled, (len(accs) > 1 and len(other) > 1 and abs(ma - mb) > 2 * pooled)
 
 
 def _curve_for(start_ckpt, curves, m_name):
@@ -122,14 +151,17 @@ def main(args):
     if not os.path.isdir(m_dir):
         raise BridgeError(f"no runs for {args.m_name}: {m_dir} does not exist")
     metric = args.metric
-    dense_path = os.path.join(m_dir, "checkpoint", "ckpt.pth")
+    dense_path = args.dense_ckpt or os.path.join(m_dir, "checkpoint", "ckpt.pth")
     dense = read_recorded(dense_path)[1] if os.path.isfile(dense_path) else {}
     curves = load_curves(args.work_dir, args.m_name)
+    for extra in args.curve_dirs:
+        curves.update(load_curves(extra, args.m_name, prefix=os.path.basename(os.path.normpath(extra)) + "/"))
+    direct = load_direct(args.direct, args.m_name)
     run_dirs = args.runs or [os.path.join(args.work_dir, d) for d in DEFAULT_RUNS]
     runs = load_runs([d for d in run_dirs if os.path.isdir(d)], args.m_name)
     groups = group_runs(runs)
 
-    lines = [f"# {args.m_name}: pruning and regrowth report", ""]
+    lines = [f"# {args.title or args.m_name + ': pruning and regrowth report'}", ""]
     if dense:
         lines += [f"Dense model: val {dense.get('val_acc', float('nan')):.2f}, test {dense.get('test_acc', float('nan')):.2f} "
                   f"({dense_path}).", ""]
@@ -141,9 +173,11 @@ def main(args):
                          f"| {r.get('finetune_steps')} |")
     lines += ["", f"## Regrowth runs ({metric.replace('_', ' ')}; mean ± std over seeds where repeated)", "",
               "| type | unit | allocator | init | start | sparsity start → end | start acc | regrown acc | "
-              "pruning curve at end sparsity | Δ vs curve | final finetune (epochs) | seeds |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    points, arrows = {}, []
+              "pruning curve at end sparsity | Δ vs curve | direct pruning, same sparsity and finetune | Δ vs direct "
+              "(> 2 pooled std?) | final finetune (epochs) | seeds |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    points, arrows, records = {}, [], []
+    groups.sort(key=lambda g: (g[0]["type"], g[0]["kind"], -g[0]["start_sparsity"], g[0]["allocator"], g[0]["init"]))
     for g in groups:
         first = g[0]
         accs = [r[metric] for r in g]
@@ -157,24 +191,47 @@ def main(args):
             delta = f"{mean_std(accs)[0] - at:+.2f}"
         start_acc = first["start_test_acc"] if metric == "test_acc" else first["start_val_acc"]
         seeds = ", ".join(str(r["seed"]) for r in g)
+        direct_rows = next((rows for (pruner, sp), rows in sorted(direct.items(), key=lambda kv: str(kv[0]))
+                            if abs(sp - first["final_sparsity"]) < 5e-4), None)
+        direct_cell, vs_direct, record = "", "", {}
+        if direct_rows:
+            other = [r[metric] for r in direct_rows]
+            diff, pooled, significant = compare(accs, other)
+            direct_cell = f"{fmt_mean_std(other)} (n={len(other)})"
+            vs_direct = f"{diff:+.2f} ({'yes' if significant else 'no'}, 2σ = {2 * pooled:.2f})"
+            record = {"direct_mean": mean_std(other)[0], "direct_std": mean_std(other)[1], "direct_n": len(other),
+                      "diff_vs_direct": diff, "two_pooled_std": 2 * pooled, "exceeds_2std": bool(significant)}
         lines.append(f"| {first['type']} | {first['kind']} | {first['allocator']} | {first['init']} | "
                      f"{os.path.basename(first['start_ckpt'] or '?')} | {first['start_sparsity']:.4f} → "
                      f"{first['final_sparsity']:.4f} | {start_acc:.2f} | {fmt_mean_std(accs)} | {ref} | {delta} | "
-                     f"{first['finetune_epochs']} | {seeds} (n={len(g)}) |")
+                     f"{direct_cell} | {vs_direct} | {first['finetune_epochs']} | {seeds} (n={len(g)}) |")
+        vals = [r["val_acc"] for r in g]
+        records.append({"type": first["type"], "kind": first["kind"], "allocator": first["allocator"],
+                        "init": first["init"], "start_ckpt": first["start_ckpt"],
+                        "start_sparsity": first["start_sparsity"], "final_sparsity": first["final_sparsity"],
+                        "n": len(g), "seeds": [r["seed"] for r in g], f"{metric}_mean": mean_std(accs)[0],
+                        f"{metric}_std": mean_std(accs)[1], "val_acc_mean": mean_std(vals)[0], **record})
         label = f"{first['type']} {first['kind']} {first['allocator']}"
         points.setdefault(label, []).append((first["final_sparsity"], mean_std(accs)[0]))
         arrows.append(((first["start_sparsity"], start_acc), (first["final_sparsity"], mean_std(accs)[0])))
     if not groups:
-        lines.append("| (no regrowth run found) |||||||||||| ")
+        lines.append("| (no regrowth run found) |||||||||||||| ")
     out = args.out or os.path.join(m_dir, "report.md")
     png = plot_report({name: [(r["sparsity"], r[metric]) for r in rows] for name, rows in curves.items()},
                       points, arrows, os.path.splitext(out)[0] + ".png", f"{args.m_name}: {metric.replace('_', ' ')}")
     lines += ["", f"![accuracy vs sparsity]({os.path.basename(png)})", ""]
     with open(out, "w") as fh:
         fh.write("\n".join(lines))
+    # the best allocator per start (highest mean validation accuracy, never test): what a study chains on
+    best = {}
+    for r in records:
+        if r["val_acc_mean"] > best.get(r["start_ckpt"], {}).get("val_acc_mean", -1):
+            best[r["start_ckpt"]] = r
+    write_json(os.path.splitext(out)[0] + ".json",
+               {"metric": metric, "groups": records, "best_allocator": {k: v["allocator"] for k, v in best.items()}})
     log("\n".join(lines))
     log(f"wrote {out} and {png}")
-    return {"curves": curves, "groups": groups, "path": out, "figure": png}
+    return {"curves": curves, "groups": groups, "records": records, "path": out, "figure": png}
 
 
 if __name__ == "__main__":

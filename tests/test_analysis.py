@@ -1,6 +1,7 @@
 """Analysis tools: correlations against numpy/scipy, saliency orders against hand computations,
 valid PNG figures, and the analysis commands end to end on digits."""
 import csv
+import glob
 import json
 import math
 import os
@@ -134,11 +135,34 @@ def test_report_groups_seeds(sparse_digits, tmp_path):
             "--work_dir", sparse_digits, "--save_dir", runs, "--model_sparsity", "0.95", "--num_epochs", "1",
             "--allocator", "greedy", "--mini_finetune_steps", "1", "--ssim_threshold", "0.9", "--saliency_batches", "1",
             "--ssim_num_batches", "1", "--finetune_epochs", "0", "--seed", str(seed), "--tag", f"s{seed}"]))
+    # the direct arm: pruning straight to the regrown sparsity, one work dir per seed
+    final = json.load(open(glob.glob(os.path.join(runs, "**", "summary.json"), recursive=True)[0]))["final_sparsity"]
+    direct = []
+    for seed in (0, 1):
+        d = str(tmp_path / f"direct_s{seed}")
+        prune_unstructure.main(prune_unstructure.get_args_parser().parse_args(DATA + [
+            "--work_dir", d, "--dense_ckpt", os.path.join(sparse_digits, "resnet20", "checkpoint", "ckpt.pth"),
+            "--m_prune", "oneshot", "--oneshot", f"{final:.6f}", "--finetune_steps", "2", "--seed", str(seed)]))
+        direct.append(d)
     out = str(tmp_path / "report.md")
-    proc = run_script("report.py", ["--m_name", "resnet20", "--work_dir", sparse_digits, "--runs", runs, "--out", out])
+    proc = run_script("report.py", ["--m_name", "resnet20", "--work_dir", sparse_digits, "--runs", runs, "--out", out,
+                                    "--direct"] + direct + ["--curve_dirs", direct[0]])
     text = open(out).read()
     assert "| oneshot | lamp | 0.9500 |" in text  # the pruning curve row
+    assert "| direct_s0/oneshot | lamp |" in text  # a curve from --curve_dirs, labelled by its folder
     line = next(l for l in text.splitlines() if l.startswith("| oneshot | weights | greedy"))
     assert "(n=2)" in line and "0, 1" in line and "±" in line
     assert _valid_png(str(tmp_path / "report.png"))
     assert "wrote" in proc.stdout
+    # the comparison with the direct arm, recomputed from the runs' own records
+    summary = json.load(open(str(tmp_path / "report.json")))
+    (group,) = summary["groups"]
+    regrown = [json.load(open(p))["final_test_acc"] for p in glob.glob(os.path.join(runs, "**", "summary.json"),
+                                                                        recursive=True)]
+    direct_acc = [json.loads(open(os.path.join(d, "resnet20", "oneshot", "prune_log.jsonl")).readline())["test_acc"]
+                  for d in direct]
+    assert group["direct_n"] == 2 and group["diff_vs_direct"] == pytest.approx(np.mean(regrown) - np.mean(direct_acc))
+    pooled = math.sqrt((np.var(regrown, ddof=1) + np.var(direct_acc, ddof=1)) / 2)
+    assert group["two_pooled_std"] == pytest.approx(2 * pooled)
+    assert group["exceeds_2std"] == (abs(np.mean(regrown) - np.mean(direct_acc)) > 2 * pooled)
+    assert summary["best_allocator"] == {group["start_ckpt"]: "greedy"}

@@ -1,5 +1,6 @@
 """Boundary estimation: knees of synthetic curves, the last point, bootstrap intervals, device budgets."""
 import csv
+import json
 import math
 import os
 
@@ -85,6 +86,14 @@ def test_find_drop_point_cli_and_budgets_at_the_boundary(curve_dir):
     assert "knee (two_segment)" in proc.stdout and os.path.getsize(os.path.join(curve_dir, "boundary.png")) > 1000
     rows = list(csv.DictReader(open(os.path.join(curve_dir, "boundary.csv"))))
     assert len(rows) == 5
+    summary = json.load(open(os.path.join(curve_dir, "boundary.json")))
+    knee = summary["knee"]
+    assert knee["rule"] == "two_segment" and knee["sparsity"] == summary["knees"]["two_segment"]["sparsity"]
+    past = summary["just_past_knee"]
+    # just past the knee = the least sparse level above it, and it is one of the curve's checkpoints
+    assert past is None or past["sparsity"] == min(r["sparsity"] for r in summary["levels"]
+                                                    if r["sparsity"] > knee["sparsity"])
+    assert past is None or os.path.isfile(past["path"])
     # the non-zero count of the 0.875 level: exactly at the limit it fits, one below it does not
     total = 270_896
     nnz = total - round(0.5 * total)

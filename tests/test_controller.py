@@ -38,6 +38,33 @@ def test_allocations_never_exceed_budget_or_capacity(iterative):
         assert len(s.counts) == n and all(c >= 0 for c in s.counts)
 
 
+def test_fill_budget_top_up_regrows_exactly_the_budget():
+    """--fill_budget: what the controller leaves goes to the layers in order, up to capacity; the sampled
+    decisions (and their log-probabilities) are the controller's own."""
+    rng = random.Random(1)
+    short = 0
+    for trial in range(40):
+        n = rng.randint(1, 6)
+        names = [f"l{i}" for i in range(n)]
+        caps = {nm: rng.choice([0, 5, 300, 4000]) for nm in names}
+        budget = rng.randint(1, 10_000)
+        torch.manual_seed(trial)
+        agent = RegrowthAgent(11, 16, 0)
+        plain = sample_allocation(agent, names, caps, budget=budget, generator=torch.Generator().manual_seed(trial))
+        filled = sample_allocation(agent, names, caps, budget=budget, generator=torch.Generator().manual_seed(trial),
+                                   top_up_order=names)
+        short += sum(plain.counts) < min(budget, sum(caps.values()))
+        assert filled.actions == plain.actions and torch.equal(filled.log_prob, plain.log_prob)
+        assert sum(filled.counts) == min(budget, sum(caps.values()))
+        assert all(f >= p and f <= caps[nm] for f, p, nm in zip(filled.counts, plain.counts, names))
+        # the top-up fills in order: a layer gets extra only if every earlier layer is full
+        extra = [f - p for f, p in zip(filled.counts, plain.counts)]
+        for i, e in enumerate(extra):
+            if e > 0:
+                assert all(filled.counts[j] == caps[names[j]] for j in range(i))
+    assert short > 0  # the published controller does leave budget unused, so the option is needed
+
+
 def test_same_seed_same_allocations():
     names, caps = ["a", "b", "c"], {"a": 500, "b": 800, "c": 90}
 

@@ -354,8 +354,10 @@ def run_oneshot(args, kind_cls, *, sparse_path, out_dir, requested, reference, s
                        setup, f"{stage}_baseline_exceeded", {"val_acc_after_mini_finetune": result.val_acc}, kind,
                        allocation=result.allocation, episode=e + 1)
 
-    cfg = _search_config(args, space, budget=budget, position=rl_options["position"],
-                         top_up=kind.top_up_order(space, sparse) if rl_options.get("top_up") else None)
+    top_up = kind.top_up_order(space, sparse) if rl_options.get("top_up") else None
+    if top_up is None and getattr(args, "fill_budget", False):
+        top_up = list(space.names)  # ascending SSIM: leftover budget goes where the features drifted most
+    cfg = _search_config(args, space, budget=budget, position=rl_options["position"], top_up=top_up)
     outcome = run_search(env, space.names, space.ssim, space.capacities, cfg, reinforce, out_dir, args.resume,
                          on_best, on_episode, tag=f"oneshot {args.allocator}")
     best = outcome.best

@@ -1,0 +1,62 @@
+"""experiments/cifar10_cpu.sh end to end on digits with tiny budgets: every stage runs, the starts come
+from the knee, every arm lands at the direct arm's sparsity, the results folder holds the table, the
+figures and the budgets, and a second invocation skips what is done."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+TINY = {"DATASET": "digits", "SEEDS": "0 1", "PRETRAIN_EPOCHS": "2", "TRAIN_LIMIT": "256", "PRUNE_EPOCHS": "1",
+        "ONESHOT_LEVELS": "0.5 0.8 0.9 0.95", "ITER_LEVELS": "2", "ITER_EPOCHS": "1", "FINAL_EPOCHS": "1",
+        "ALLOCATORS": "rl", "EPISODES": "2", "MINI_STEPS": "2", "SALIENCY_BATCHES": "2",
+        "SINGLE_LAYER_SEEDS": "0", "EXTRA_ARGS": "--batch_size 64"}
+
+
+def _run(tmp_path):
+    env = dict(os.environ, PY=sys.executable, PYTHONPATH=ROOT, WORK=str(tmp_path / "work"),
+               RESULTS=str(tmp_path / "results"), **TINY)
+    proc = subprocess.run(["bash", os.path.join(ROOT, "experiments", "cifar10_cpu.sh")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_study_script_on_digits(tmp_path):
+    out = _run(tmp_path)
+    res = tmp_path / "results"
+    for name in ("report.md", "report.png", "report.json", "budgets.md", "timings.csv", "ssim_vs_gain.png",
+                 "knee_lamp_oneshot.png", "knee_glob_iterative.json"):
+        assert (res / name).is_file(), name
+    knee = json.load(open(res / "knee_lamp_oneshot.json"))
+    levels = sorted(r["sparsity"] for r in knee["levels"])
+    assert len(levels) == 4
+    # the starts: the sparsest level, and the level just past the knee when that is another one
+    report = json.load(open(res / "report.json"))
+    starts = {round(g["start_sparsity"], 4) for g in report["groups"]}
+    assert round(levels[-1], 4) in starts
+    if knee["just_past_knee"] and knee["just_past_knee"]["sparsity"] < levels[-1]:
+        assert round(knee["just_past_knee"]["sparsity"], 4) in starts
+    for g in report["groups"]:
+        # every arm ends at the next level of the curve and is compared with the direct arm there (2 seeds)
+        target = max(s for s in levels if s < g["start_sparsity"] - 1e-6)
+        assert g["final_sparsity"] == pytest.approx(target, abs=5e-4)
+        assert g["n"] == 2 and g["direct_n"] == 2 and "exceeds_2std" in g
+    arms = {(round(g["start_sparsity"], 4), g["allocator"], g["init"]) for g in report["groups"]}
+    for s in starts:
+        assert (s, "rl", "reference") in arms
+        assert any(k[0] == s and k[2] == "zero" for k in arms)  # init zero for the best arm
+    budgets = open(res / "budgets.md").read()
+    assert "lamp oneshot:" in budgets and "Pearson r" in budgets
+    stages = [r["stage"] for r in csv.DictReader(open(res / "timings.csv"))]
+    assert "pretrain" in stages and "single_layer" in stages and "report" in stages
+    # a second invocation skips every finished stage and rewrites only the report
+    again = _run(tmp_path)
+    assert "pretrain: done before, skipped" in again
+    assert "regrowth_oneshot.py" not in again and "prune_unstructure.py" not in again
+    assert "[study] wrote" in out and "[study] wrote" in again
