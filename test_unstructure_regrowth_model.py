@@ -41,6 +41,10 @@ def get_args_parser():
     p.add_argument("--per_layer", action="store_true", help="print the per-layer sparsity table of every checkpoint")
     p.add_argument("--no_eval", action="store_true", help="skip accuracy (sparsity and cost only; no data needed)")
     p.add_argument("--trust_pickle", action="store_true", help="allow reading pickled published checkpoints")
+    p.add_argument("--knee", action="store_true",
+                   help="folder only: also find the knee of its pruning curve (find_drop_point.py: residual rule, "
+                        "two-segment fit, tolerance rule) on test accuracy; writes boundary.csv/json/png there")
+    p.add_argument("--tolerance", type=float, default=1.0, help="--knee: points below dense still 'safe'")
     p.add_argument("--convert", default=None, metavar="OUT_DIR",
                    help="rewrite the checkpoints (e.g. the published formats) in this project's format into OUT_DIR, "
                         "then exit (needs --m_name for files that do not record their model)")
@@ -96,6 +100,8 @@ def main(args):
     cli.print_args(args, "test_unstructure_regrowth_model.py")
     if args.convert:
         return convert(args, find_checkpoints(args.model_path))
+    if args.knee and not os.path.isdir(args.model_path):
+        raise BridgeError("--knee needs a folder of pruned checkpoints as --model_path")
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     set_seed(args.seed)
@@ -168,7 +174,25 @@ def main(args):
                                         points={"regrown (test)": [(r["sparsity"], r["test_acc"]) for r in regrown]},
                                         arrows=arrows)
         log(f"wrote {png}")
+    if args.knee:
+        knee_of_folder(args)
     return rows
+
+
+def knee_of_folder(args):
+    """The boundary-estimation step of find_drop_point.py on the evaluated folder (same data arguments)."""
+    import find_drop_point
+
+    argv = ["--model_path", args.model_path, "--metric", "test_acc", "--tolerance", str(args.tolerance),
+            "--dataset", args.dataset, "--data_dir", args.data_dir, "--device", args.device,
+            "--precision", args.precision, "--batch_size", str(args.batch_size)]
+    for flag, value in (("--m_name", args.m_name), ("--train_limit", args.train_limit),
+                        ("--test_limit", args.test_limit)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if args.trust_pickle:
+        argv.append("--trust_pickle")
+    return find_drop_point.main(find_drop_point.get_args_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -105,3 +105,15 @@ def test_find_drop_point_cli_and_budgets_at_the_boundary(curve_dir):
     below = run_script("find_drop_point.py", args + [str(nnz - 1)]).stdout
     assert "fits" not in below.split("sparsity 0.8750:")[1].splitlines()[0]
     assert "python regrowth_oneshot.py --m_name resnet20 --initial_ckpt" in at or "prune further" in at
+
+
+@pytest.mark.slow
+def test_evaluation_script_knee_flag(curve_dir):
+    proc = run_script("test_unstructure_regrowth_model.py", ["--model_path", curve_dir, "--dataset", "digits",
+                                                             "--train_limit", "256", "--knee", "--tolerance", "100"])
+    assert "knee (two_segment)" in proc.stdout and "knee (residual)" in proc.stdout
+    summary = json.load(open(os.path.join(curve_dir, "boundary.json")))
+    assert summary["metric"] == "test_acc" and len(summary["levels"]) == 5
+    bad = run_script("test_unstructure_regrowth_model.py", ["--model_path", summary["levels"][0]["path"], "--knee",
+                                                            "--dataset", "digits"], check=False)
+    assert bad.returncode == 2 and "--knee needs a folder" in bad.stderr
