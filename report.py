@@ -217,8 +217,11 @@ def main(args):
     if not groups:
         lines.append("| (no regrowth run found) |||||||||||||| ")
     out = args.out or os.path.join(m_dir, "report.md")
+    direct_points = [(sp, *mean_std([r[metric] for r in rows])) for (_, sp), rows in sorted(direct.items(),
+                                                                                         key=lambda kv: kv[0][1])]
     png = plot_report({name: [(r["sparsity"], r[metric]) for r in rows] for name, rows in curves.items()},
-                      points, arrows, os.path.splitext(out)[0] + ".png", f"{args.m_name}: {metric.replace('_', ' ')}")
+                      points, arrows, os.path.splitext(out)[0] + ".png", f"{args.m_name}: {metric.replace('_', ' ')}",
+                      direct=direct_points)
     lines += ["", f"![accuracy vs sparsity]({os.path.basename(png)})", ""]
     with open(out, "w") as fh:
         fh.write("\n".join(lines))

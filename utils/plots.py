@@ -167,16 +167,21 @@ def plot_bars(labels, values, path, title, ylabel):
     return _save(fig, path)
 
 
-def plot_report(curves, points, arrows, path, title):
-    """Pruning curves and regrown points: weights (unstructured) on the left, filters (structured) on the right.
+def plot_report(curves, points, arrows, path, title, direct=None):
+    """Pruning curves and regrown points: weights (unstructured) on the left, filters (structured) on the right
+    (a panel only where there is something to draw).
 
     curves: {folder: [(sparsity, acc)]}; points: {label: [(sparsity, acc)]} whose label says 'weights' or
-    'filters'; arrows: [((s0, a0), (s1, a1))] from each run's start to its result.
+    'filters'; arrows: [((s0, a0), (s1, a1))] from each run's start to its result; direct: [(sparsity, mean,
+    std)] of direct pruning runs (drawn with error bars on the weights panel).
     """
-    panels = [("weights", "weight sparsity", lambda n: not n.startswith("structured")),
-              ("filters", "channel (filter) sparsity", lambda n: n.startswith("structured"))]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
-    for ax, (unit, xlabel, is_curve) in zip(axes, panels):
+    panels = [("weights", "weight sparsity", lambda n: "structured" not in n),
+              ("filters", "channel (filter) sparsity", lambda n: "structured" in n)]
+    used = [pn for pn in panels if any(pn[2](n) and pts for n, pts in curves.items())
+            or any(pn[0] in lab and pts for lab, pts in points.items()) or (pn[0] == "weights" and direct)]
+    panels = used or panels[:1]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.6), squeeze=False)
+    for ax, (unit, xlabel, is_curve) in zip(axes[0], panels):
         xs = []
         for name, pts in curves.items():
             if is_curve(name) and pts:
@@ -187,6 +192,11 @@ def plot_report(curves, points, arrows, path, title):
             if unit in label and pts:
                 ax.scatter(*zip(*pts), marker="*", s=130, zorder=5, label=f"regrown: {label}")
                 xs += [p[0] for p in pts]
+        if direct and unit == "weights":
+            sp, mean, std = zip(*direct)
+            ax.errorbar(sp, mean, yerr=std, fmt="D", ms=6, color="black", capsize=3, zorder=6,
+                        label="direct pruning, same finetune (mean ± std)")
+            xs += list(sp)
         for (s0, a0), (s1, a1) in arrows:
             if any(unit in lab and (s1, a1) in pts for lab, pts in points.items()):
                 ax.annotate("", xy=(s1, a1), xytext=(s0, a0), arrowprops=dict(arrowstyle="->", color="0.4"))
