@@ -71,6 +71,7 @@ stage() {
   local t0; t0=$(date +%s)
   "$@" > "$WORK/$name.log" 2>&1 || { echo "[study] $name FAILED, see $WORK/$name.log"; tail -5 "$WORK/$name.log"; exit 1; }
   local dt=$(( $(date +%s) - t0 ))
+  sed -i "/^$name,/d" "$TIMES"  # a rerun stage replaces its row
   echo "$name,$dt" >> "$TIMES"
   grep -E "^\[(oneshot|iterative)\] sparsity|^knee|^final|^best|^search done|^SSIM vs gain|^Pearson|^Spearman|^wrote .*report" \
     "$WORK/$name.log" | tail -12 || true
@@ -151,8 +152,12 @@ EOF
   for seed in $SEEDS; do regrow "$S" "$SPATH" "$T" "$BEST" zero "$seed"; done
 done
 
-# ---- 6. single-layer analysis at the knee (the first start)
-read -r S1 S1PATH _ <<< "$(echo "$STARTS" | head -1)"
+# ---- 6. single-layer analysis at the knee of the one-shot LAMP curve
+read -r S1 S1PATH <<< "$($PY -c "
+import json, sys
+k = json.load(open(sys.argv[1]))['knee']
+print(round(k['sparsity'], 4), k['path']) if k else print(*sys.argv[2].split()[:2])  # no knee: the first start
+" "$CURVE/boundary.json" "$STARTS")"
 stage single_layer $PY single_layer_regrowth_analysis.py "${DATA[@]}" "${FT[@]}" --dense_ckpt "$DENSE" \
   --initial_ckpt "$S1PATH" --model_sparsity "$S1" --seeds $SINGLE_LAYER_SEEDS --mini_finetune_steps "$MINI_STEPS" \
   --reward_val_subset 2000 --saliency_batches "$SALIENCY_BATCHES" --init_strategy reference --save_dir "$WORK/single_layer"

@@ -52,6 +52,8 @@ def test_study_script_on_digits(tmp_path):
         assert (s, "rl", "reference") in arms
         assert any(k[0] == s and k[2] == "zero" for k in arms)  # init zero for the best arm
     budgets = open(res / "budgets.md").read()
+    if knee["knee"]:  # the single-layer analysis runs at the knee itself
+        assert f"single-layer analysis at {round(knee['knee']['sparsity'], 4)}:" in budgets
     assert "lamp oneshot:" in budgets and "Pearson r" in budgets
     stages = [r["stage"] for r in csv.DictReader(open(res / "timings.csv"))]
     assert "pretrain" in stages and "single_layer" in stages and "report" in stages
