@@ -131,8 +131,8 @@ def main(args):
         log(f"{r['sparsity']:>9.4f} {r[args.metric]:>8.2f} {r['seeds']:>5}  {', '.join(tags)}")
     for k, v in marks.items():
         log(f"knee ({k}): " + (f"sparsity {xs[v]:.4f}, {args.metric} {ys[v]:.2f}" if v is not None else "none found"))
-        for r in table:
-            r[f"knee_{k}"] = table.index(r) == v
+        for i, r in enumerate(table):
+            r[f"knee_{k}"] = i == v
     if knees.two_segment_slopes:
         log(f"two-segment slopes: {knees.two_segment_slopes[0]:+.1f} then {knees.two_segment_slopes[1]:+.1f} "
             "accuracy points per unit sparsity")
@@ -140,14 +140,15 @@ def main(args):
         lo, hi = knees.tolerance_interval
         log(f"tolerance-rule sparsity, 95% bootstrap interval over seeds: [{lo:.4f}, {hi:.4f}]")
 
-    budget_report = None
-    if any(v is not None for v in (args.max_nonzero_params, args.max_bytes, args.max_flops, args.max_latency_ms)):
-        budget_report = device_budget(args, m_name, table, xs, knees, structured)
-    out_dir = args.model_path[0]
-    csv_path = write_csv(os.path.join(out_dir, "boundary.csv"), table)
-    # the knee used to start regrowth, and the checkpoint just past it, for scripts that chain stages
+    # the knee regrowth starts from, and the levels past it (device budgets and boundary.json use both)
     knee_idx = preferred_knee(knees)
     past = [r for r in table if knee_idx is not None and r["sparsity"] > xs[knee_idx]]
+    budget_report = None
+    if any(v is not None for v in (args.max_nonzero_params, args.max_bytes, args.max_flops, args.max_latency_ms)):
+        budget_report = device_budget(args, m_name, table, xs[knee_idx] if knee_idx is not None else None, past,
+                                      structured)
+    out_dir = args.model_path[0]
+    csv_path = write_csv(os.path.join(out_dir, "boundary.csv"), table)
     summary = {"metric": args.metric, "dense_acc": dense_acc, "tolerance": args.tolerance,
                "knees": {k: (None if v is None else {"sparsity": xs[v], args.metric: ys[v]}) for k, v in marks.items()},
                "knee": None if knee_idx is None else {"rule": next(k for k in ("two_segment", "residual", "tolerance")
@@ -164,8 +165,10 @@ def main(args):
     return {"knees": knees, "table": table, "budget": budget_report}
 
 
-def device_budget(args, m_name, table, xs, knees, structured):
-    """Which checkpoints fit the device, where regrowth starts, and how much it may regrow."""
+def device_budget(args, m_name, table, knee_sparsity, past, structured):
+    """Which checkpoints fit the device, where regrowth starts, and how much it may regrow.
+
+    past: the table's levels sparser than the knee (at knee_sparsity), least sparse first."""
     if args.max_latency_ms is not None and not structured:
         raise BridgeError("--max_latency_ms applies to filter-pruned (compact) models; "
                           "a weight-sparse model runs dense kernels on this machine")
@@ -179,8 +182,8 @@ def device_budget(args, m_name, table, xs, knees, structured):
         if structured or is_structured_model(model):
             compact = export_compact(model, m_name)
             r["macs"] = model_cost(compact, size)["macs"]
-            r["alive_filters"] = filter_counts(model)[1] - filter_counts(model)[0]
-            dense_filters = filter_counts(model)[1]
+            pruned_filters, dense_filters = filter_counts(model)
+            r["alive_filters"] = dense_filters - pruned_filters
             if args.max_latency_ms is not None:
                 r["latency_ms"] = latency_ms(compact, size, args.latency_batch)
         else:
@@ -190,10 +193,8 @@ def device_budget(args, m_name, table, xs, knees, structured):
         limits = {"nonzero_params": args.max_nonzero_params, "bytes": args.max_bytes, "macs": args.max_flops,
                   "latency_ms": args.max_latency_ms}
         r["fits"] = all(v is None or r[k] <= v for k, v in limits.items())
-    knee_idx = preferred_knee(knees)
     fitting = [r for r in table if r["fits"]]
     least_sparse = min(fitting, key=lambda r: r["sparsity"]) if fitting else None
-    past = [r for r in table if knee_idx is not None and r["sparsity"] > xs[knee_idx]]
     just_past = past[0] if past else None
     start = next((r for r in past if r["fits"]), None)
     log("\ndevice budget: " + ", ".join(f"{k} <= {v:g}" for k, v in (
@@ -225,7 +226,7 @@ def device_budget(args, m_name, table, xs, knees, structured):
                 prev = max(nxt, key=lambda r: r["sparsity"])
                 slope = (prev["latency_ms"] - start["latency_ms"]) / max(prev["alive_filters"] - start["alive_filters"], 1)
                 room.append(math.floor((args.max_latency_ms - start["latency_ms"]) / max(slope, 1e-9)))
-        to_knee = math.floor((start["sparsity"] - xs[knee_idx]) * dense_filters)
+        to_knee = math.floor((start["sparsity"] - knee_sparsity) * dense_filters)
         budget = max(0, min(room + [to_knee]))
         frac = budget / dense_filters
         command = (f"python regrowth_structure_oneshot.py --m_name {m_name} --initial_ckpt {start['path']} "
@@ -239,7 +240,7 @@ def device_budget(args, m_name, table, xs, knees, structured):
             room.append(math.floor((args.max_bytes - start["bytes"]) / bytes_per_weight(args.storage, args.value_bytes)))
         if args.max_flops is not None:  # a regrown weight costs at most its layer's MACs per weight
             room.append(math.floor((args.max_flops - start["macs"]) / start["max_macs_per_weight"]))
-        to_knee = math.floor((start["sparsity"] - xs[knee_idx]) * total)
+        to_knee = math.floor((start["sparsity"] - knee_sparsity) * total)
         budget = max(0, min(room + [to_knee]))
         frac = budget / total
         command = (f"python regrowth_oneshot.py --m_name {m_name} --initial_ckpt {start['path']} "

@@ -62,7 +62,7 @@ def main(args):
         requested=lambda setup, kind: int(setup.total_weights * args.regrow_step),
         reference=lambda setup, kind, sparse_val: (lambda sparsity: sparse_val),
         rl_options={"action_space_size": args.action_space_size, "advantage": "temperature", "clip": 100.0,
-                    "position": "oneshot"})
+                    "position": "oneshot", "top_up": args.fill_budget})
 
 
 if __name__ == "__main__":

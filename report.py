@@ -24,9 +24,8 @@ from utils import cli
 from utils.errors import BridgeError
 from utils.plots import plot_report
 from utils.progress import log
-from utils.records import write_json
 from utils.pruning_curve import PruningCurve, read_recorded
-from utils.records import read_jsonl
+from utils.records import read_jsonl, write_json
 from utils.stats import fmt_mean_std, mean_std
 
 CURVE_FOLDERS = ("iterative", "oneshot", "structured_iterative", "structured_oneshot")
@@ -55,9 +54,8 @@ def load_curves(work_dir, m_name, prefix=""):
     """{prefix + folder name: rows sorted by sparsity} of the pruning logs (newest row per level)."""
     curves = {}
     for folder in CURVE_FOLDERS:
-        path = os.path.join(work_dir, m_name, folder, "prune_log.jsonl")
         latest = {}
-        for r in read_jsonl(path):
+        for r in read_jsonl(os.path.join(work_dir, m_name, folder, "prune_log.jsonl")):
             latest[(r.get("pruner"), r["key"])] = r
         if latest:
             curves[prefix + folder] = sorted(latest.values(), key=lambda r: r["sparsity"])
@@ -68,11 +66,8 @@ def load_direct(dirs, m_name):
     """Direct pruning runs (one work dir per seed): {(pruner, sparsity rounded to 4 places): [rows]}."""
     groups = {}
     for d in dirs:
-        for folder in CURVE_FOLDERS:
-            latest = {}
-            for r in read_jsonl(os.path.join(d, m_name, folder, "prune_log.jsonl")):
-                latest[(r.get("pruner"), r["key"])] = r
-            for r in latest.values():
+        for rows in load_curves(d, m_name).values():
+            for r in rows:
                 groups.setdefault((r.get("pruner"), round(r["sparsity"], 4)), []).append(r)
     return groups
 
@@ -157,6 +152,7 @@ def main(args):
     for extra in args.curve_dirs:
         curves.update(load_curves(extra, args.m_name, prefix=os.path.basename(os.path.normpath(extra)) + "/"))
     direct = load_direct(args.direct, args.m_name)
+    direct_sorted = sorted(direct.items(), key=lambda kv: str(kv[0]))
     run_dirs = args.runs or [os.path.join(args.work_dir, d) for d in DEFAULT_RUNS]
     runs = load_runs([d for d in run_dirs if os.path.isdir(d)], args.m_name)
     groups = group_runs(runs)
@@ -191,15 +187,15 @@ def main(args):
             delta = f"{mean_std(accs)[0] - at:+.2f}"
         start_acc = first["start_test_acc"] if metric == "test_acc" else first["start_val_acc"]
         seeds = ", ".join(str(r["seed"]) for r in g)
-        direct_rows = next((rows for (pruner, sp), rows in sorted(direct.items(), key=lambda kv: str(kv[0]))
-                            if abs(sp - first["final_sparsity"]) < 5e-4), None)
+        direct_rows = next((rows for (_, sp), rows in direct_sorted if abs(sp - first["final_sparsity"]) < 5e-4), None)
         direct_cell, vs_direct, record = "", "", {}
         if direct_rows:
             other = [r[metric] for r in direct_rows]
             diff, pooled, significant = compare(accs, other)
+            direct_mean, direct_std = mean_std(other)
             direct_cell = f"{fmt_mean_std(other)} (n={len(other)})"
             vs_direct = f"{diff:+.2f} ({'yes' if significant else 'no'}, 2σ = {2 * pooled:.2f})"
-            record = {"direct_mean": mean_std(other)[0], "direct_std": mean_std(other)[1], "direct_n": len(other),
+            record = {"direct_mean": direct_mean, "direct_std": direct_std, "direct_n": len(other),
                       "diff_vs_direct": diff, "two_pooled_std": 2 * pooled, "exceeds_2std": bool(significant)}
         lines.append(f"| {first['type']} | {first['kind']} | {first['allocator']} | {first['init']} | "
                      f"{os.path.basename(first['start_ckpt'] or '?')} | {first['start_sparsity']:.4f} → "

@@ -19,6 +19,7 @@ import time
 from models import MODEL_NAMES, canonical_model_name
 from utils import cli
 from utils.errors import BridgeError
+from utils.cache import default_cache_dir
 from utils.features import layer_ssim
 from utils.plots import plot_bars, plot_ssim_gain
 from utils.progress import log
@@ -55,7 +56,7 @@ def get_args_parser():
     p.add_argument("--saliency_batches", type=int, default=None)
     p.add_argument("--reward_subset", type=int, default=None, help="mini-finetune on this many training images")
     p.add_argument("--reward_val_subset", type=int, default=None, help="score on this many validation images")
-    p.add_argument("--cache_dir", default=os.environ.get("BRIDGE_CACHE_DIR", ".cache/bridge"),
+    p.add_argument("--cache_dir", default=default_cache_dir(),
                    help="cache of saliency / SSIM results ('' disables)")
     p.add_argument("--trust_pickle", action="store_true")
     cli.add_data_args(p)

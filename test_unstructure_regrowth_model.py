@@ -180,19 +180,16 @@ def main(args):
 
 
 def knee_of_folder(args):
-    """The boundary-estimation step of find_drop_point.py on the evaluated folder (same data arguments)."""
+    """The boundary-estimation step of find_drop_point.py on the evaluated folder, with this run's data,
+    runtime and model arguments."""
     import find_drop_point
 
-    argv = ["--model_path", args.model_path, "--metric", "test_acc", "--tolerance", str(args.tolerance),
-            "--dataset", args.dataset, "--data_dir", args.data_dir, "--device", args.device,
-            "--precision", args.precision, "--batch_size", str(args.batch_size)]
-    for flag, value in (("--m_name", args.m_name), ("--train_limit", args.train_limit),
-                        ("--test_limit", args.test_limit)):
-        if value is not None:
-            argv += [flag, str(value)]
-    if args.trust_pickle:
-        argv.append("--trust_pickle")
-    return find_drop_point.main(find_drop_point.get_args_parser().parse_args(argv))
+    knee_args = find_drop_point.get_args_parser().parse_args(
+        ["--model_path", args.model_path, "--metric", "test_acc", "--tolerance", str(args.tolerance)])
+    for name, value in vars(args).items():
+        if name != "model_path" and hasattr(knee_args, name):
+            setattr(knee_args, name, value)
+    return find_drop_point.main(knee_args)
 
 
 if __name__ == "__main__":

@@ -87,20 +87,15 @@ def _decode_images(paths):
     return torch.stack(out) if len(out) else torch.zeros(0, 3, 1, 1, dtype=torch.uint8)
 
 
-def decoded_image_cache_dir():
-    """Where decoded image folders are cached: $BRIDGE_CACHE_DIR (empty disables) or .cache/bridge."""
-    return os.environ.get("BRIDGE_CACHE_DIR", os.path.join(".cache", "bridge"))
-
-
 def decoded_images(paths):
     """_decode_images with an on-disk cache: decoding CIFAR-10's 60,000 JPEGs costs ~11 s per process on
     2 cores, loading the decoded uint8 tensor back ~0.3 s. The key covers every file's path, size and mtime,
     so a changed file re-decodes; the user's folder is only read."""
-    from utils.cache import DiskCache, cache_key
+    from utils.cache import DiskCache, cache_key, default_cache_dir
 
-    stats = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]
+    stats = [(p, st.st_size, st.st_mtime_ns) for p, st in ((p, os.stat(p)) for p in paths)]
     key = cache_key("decoded-images", files=stats)
-    return DiskCache(decoded_image_cache_dir() or None).get_or_compute(
+    return DiskCache(default_cache_dir() or None).get_or_compute(
         key, lambda: _decode_images(paths), what=f"{len(paths):,} decoded images")
 
 

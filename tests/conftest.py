@@ -36,6 +36,18 @@ class TinyNet(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+def prepare_work_dir(wd, data, epochs, *prune_runs):
+    """pretrain.py, then prune_unstructure.py once per argument list in prune_runs, in-process into wd:
+    the dense + pruned checkpoints the script tests start from. Returns wd."""
+    import pretrain
+    import prune_unstructure
+
+    pretrain.main(pretrain.get_args_parser().parse_args(data + ["--epochs", str(epochs), "--work_dir", wd]))
+    for extra in prune_runs:
+        prune_unstructure.main(prune_unstructure.get_args_parser().parse_args(data + ["--work_dir", wd] + extra))
+    return wd
+
+
 @pytest.fixture
 def tiny_net():
     torch.manual_seed(0)

@@ -13,10 +13,9 @@ import torch.nn as nn
 from PIL import Image
 from scipy import stats
 
-import pretrain
 import prune_unstructure
 import regrowth_oneshot
-from tests.conftest import run_script
+from tests.conftest import prepare_work_dir, run_script
 from utils.saliency_analysis import class_statistics, per_class_saliency
 from utils.stats import correlations, fmt_mean_std, mean_std
 
@@ -88,10 +87,7 @@ def test_per_class_saliency_orders_against_closed_form():
 @pytest.fixture(scope="module")
 def sparse_digits(tmp_path_factory):
     wd = str(tmp_path_factory.mktemp("analysis"))
-    pretrain.main(pretrain.get_args_parser().parse_args(DATA + ["--epochs", "2", "--work_dir", wd]))
-    prune_unstructure.main(prune_unstructure.get_args_parser().parse_args(
-        DATA + ["--work_dir", wd, "--m_prune", "oneshot", "--oneshot", "0.95", "--finetune_steps", "3"]))
-    return wd
+    return prepare_work_dir(wd, DATA, 2, ["--m_prune", "oneshot", "--oneshot", "0.95", "--finetune_steps", "3"])
 
 
 @pytest.mark.slow

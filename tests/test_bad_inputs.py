@@ -13,6 +13,7 @@ import regrowth_structure_oneshot
 import report
 import single_layer_regrowth_analysis
 import test_unstructure_regrowth_model as evaluate_script
+from tests.conftest import prepare_work_dir
 from utils import cli, saliency_analysis
 
 DIGITS = ["--dataset", "digits", "--train_limit", "128", "--batch_size", "64"]
@@ -29,13 +30,9 @@ def wd(tmp_path_factory):
     """A digits work dir with a dense model, a one-shot 0.9 and an iterative 0.3 checkpoint, plus bad files."""
     root = tmp_path_factory.mktemp("bad")
     w = str(root)
-    pretrain.main(pretrain.get_args_parser().parse_args(DIGITS + ["--m_name", "resnet20", "--epochs", "1",
-                                                                  "--work_dir", w]))
-    prune_unstructure.main(prune_unstructure.get_args_parser().parse_args(
-        DIGITS + ["--m_name", "resnet20", "--work_dir", w, "--m_prune", "oneshot", "--oneshot", "0.9",
-                  "--finetune_steps", "1"]))
-    prune_unstructure.main(prune_unstructure.get_args_parser().parse_args(
-        DIGITS + ["--m_name", "resnet20", "--work_dir", w, "--iter_end", "1", "--finetune_steps", "1"]))
+    prepare_work_dir(w, DIGITS + ["--m_name", "resnet20"], 1,
+                     ["--m_prune", "oneshot", "--oneshot", "0.9", "--finetune_steps", "1"],
+                     ["--iter_end", "1", "--finetune_steps", "1"])
     good = os.path.join(w, "resnet20", "oneshot", "resnet20_0.9.pth")
     data = open(good, "rb").read()
     open(os.path.join(w, "truncated.pth"), "wb").write(data[: len(data) // 3])

@@ -9,9 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-import pretrain
-import prune_unstructure
-from tests.conftest import run_script
+from tests.conftest import prepare_work_dir, run_script
 from utils.boundary import (bootstrap_tolerance, find_knees, residual_knee, storage_bytes, tolerance_knee,
                             two_segment_knee)
 from utils.masks import add_masks
@@ -74,9 +72,7 @@ def test_storage_bytes_by_hand():
 def curve_dir(tmp_path_factory):
     wd = str(tmp_path_factory.mktemp("boundary"))
     data = ["--dataset", "digits", "--m_name", "resnet20", "--train_limit", "256", "--batch_size", "64"]
-    pretrain.main(pretrain.get_args_parser().parse_args(data + ["--epochs", "2", "--work_dir", wd]))
-    prune_unstructure.main(prune_unstructure.get_args_parser().parse_args(
-        data + ["--work_dir", wd, "--sparsity", "0.5", "--iter_end", "5", "--finetune_steps", "2", "--pruner", "glob"]))
+    prepare_work_dir(wd, data, 2, ["--sparsity", "0.5", "--iter_end", "5", "--finetune_steps", "2", "--pruner", "glob"])
     return os.path.join(wd, "resnet20", "iterative")
 
 

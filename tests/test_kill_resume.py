@@ -8,9 +8,7 @@ import sys
 import pytest
 import torch
 
-import pretrain
-import prune_unstructure
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT, prepare_work_dir, run_script
 from utils.records import read_jsonl
 
 DATA = ["--dataset", "digits", "--m_name", "resnet20", "--train_limit", "256", "--batch_size", "64",
@@ -37,12 +35,8 @@ def kill_when(script, args, marker, count=1):
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     wd = str(tmp_path_factory.mktemp("killbase"))
-    pretrain.main(pretrain.get_args_parser().parse_args(DATA + ["--epochs", "2", "--work_dir", wd]))
-    prune_unstructure.main(prune_unstructure.get_args_parser().parse_args(
-        DATA + ["--work_dir", wd, "--m_prune", "oneshot", "--oneshot", "0.95", "--finetune_steps", "2"]))
-    prune_unstructure.main(prune_unstructure.get_args_parser().parse_args(
-        DATA + ["--work_dir", wd, "--sparsity", "0.6", "--iter_end", "3", "--finetune_steps", "2"]))
-    return wd
+    return prepare_work_dir(wd, DATA, 2, ["--m_prune", "oneshot", "--oneshot", "0.95", "--finetune_steps", "2"],
+                            ["--sparsity", "0.6", "--iter_end", "3", "--finetune_steps", "2"])
 
 
 def _state(path):

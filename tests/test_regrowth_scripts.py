@@ -6,11 +6,9 @@ import os
 import pytest
 import torch
 
-import pretrain
-import prune_unstructure
 import regrowth_iterative
 import regrowth_oneshot
-from tests.conftest import run_script
+from tests.conftest import prepare_work_dir, run_script
 from utils.records import read_jsonl
 from utils.regrowth_search import RegrowthEnv
 
@@ -21,13 +19,8 @@ DATA = ["--dataset", "digits", "--m_name", "resnet20", "--train_limit", "256", "
 def pipeline(tmp_path_factory):
     """A dense model and one-shot / iterative pruned checkpoints on digits (small budgets)."""
     wd = str(tmp_path_factory.mktemp("pipeline"))
-    pretrain.main(pretrain.get_args_parser().parse_args(DATA + ["--epochs", "3", "--work_dir", wd]))
-    prune_unstructure.main(prune_unstructure.get_args_parser().parse_args(
-        DATA + ["--work_dir", wd, "--m_prune", "oneshot", "--oneshot", "0.95", "--finetune_steps", "4"]))
-    prune_unstructure.main(prune_unstructure.get_args_parser().parse_args(
-        DATA + ["--work_dir", wd, "--m_prune", "iterative", "--sparsity", "0.6", "--iter_end", "4",
-                "--finetune_steps", "3"]))
-    return wd
+    return prepare_work_dir(wd, DATA, 3, ["--m_prune", "oneshot", "--oneshot", "0.95", "--finetune_steps", "4"],
+                            ["--m_prune", "iterative", "--sparsity", "0.6", "--iter_end", "4", "--finetune_steps", "3"])
 
 
 def _oneshot_args(wd, save, *extra):

@@ -50,9 +50,7 @@ def residual_knee(x, y, factor=3.0):
 def two_segment_knee(x, y):
     """(split index, left slope, right slope) minimising the two lines' total squared error, or None."""
     best = None
-    for k in range(1, len(x) - 1):
-        if k + 1 < 2 or len(x) - k < 2:
-            continue
+    for k in range(1, len(x) - 1):  # each side keeps >= 2 points
         left, right = _fit(x[: k + 1], y[: k + 1]), _fit(x[k:], y[k:])
         sse = float((left[2] ** 2).sum() + (right[2] ** 2).sum())
         if best is None or sse < best[0]:

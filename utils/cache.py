@@ -14,6 +14,11 @@ import torch
 from utils.progress import log
 
 
+def default_cache_dir():
+    """$BRIDGE_CACHE_DIR (empty disables caching) or .cache/bridge: the default of every --cache_dir."""
+    return os.environ.get("BRIDGE_CACHE_DIR", os.path.join(".cache", "bridge"))
+
+
 def state_digest(state_dict):
     """SHA-256 over the names, shapes, dtypes and bytes of a state_dict's tensors (layout-independent)."""
     h = hashlib.sha256()

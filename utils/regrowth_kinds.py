@@ -115,7 +115,9 @@ class UnstructuredKind:
         return max(live, key=lambda n: means[n]) if live else None
 
     def top_up_order(self, space, model):
-        return None
+        """Where budget the controller left goes (only when asked, `--fill_budget`): the search layers in
+        ascending SSIM order, most drifted first."""
+        return list(space.names)
 
     def weight_indices(self, regrown):
         """{module: flat weight indices} of what was regrown (for --finetune_scope regrown)."""

@@ -20,7 +20,7 @@ from models import MODEL_NAMES, canonical_model_name, model_loader
 from utils import cli
 from utils import distributed as dist
 from utils.allocators import ALLOCATORS
-from utils.cache import DiskCache, state_digest
+from utils.cache import DiskCache, default_cache_dir, state_digest
 from utils.checkpoints import jsonable, load_checkpoint, load_state_into, model_from_checkpoint, save_checkpoint
 from utils.controller import Reinforce, ReinforceConfig, RegrowthAgent
 from utils.errors import BridgeError, UnknownChoiceError
@@ -78,7 +78,7 @@ def add_search_args(p, *, m_name="effnet", num_epochs=400, patience=50, ssim_num
     g.add_argument("--fast", action="store_true",
                    help=f"proxy-reward preset: {', '.join(f'--{k} {v}' for k, v in FAST_PRESET.items())} "
                         "(each only where not given explicitly); the published settings stay the default")
-    g.add_argument("--cache_dir", default=os.environ.get("BRIDGE_CACHE_DIR", ".cache/bridge"),
+    g.add_argument("--cache_dir", default=default_cache_dir(),
                    help="cache of saliency / SSIM results ('' disables; default $BRIDGE_CACHE_DIR or .cache/bridge)")
     g.add_argument("--episodes_per_update", type=int, default=1,
                    help="episodes sampled from one policy before each update; under torchrun they run in parallel "
@@ -354,10 +354,8 @@ def run_oneshot(args, kind_cls, *, sparse_path, out_dir, requested, reference, s
                        setup, f"{stage}_baseline_exceeded", {"val_acc_after_mini_finetune": result.val_acc}, kind,
                        allocation=result.allocation, episode=e + 1)
 
-    top_up = kind.top_up_order(space, sparse) if rl_options.get("top_up") else None
-    if top_up is None and getattr(args, "fill_budget", False):
-        top_up = list(space.names)  # ascending SSIM: leftover budget goes where the features drifted most
-    cfg = _search_config(args, space, budget=budget, position=rl_options["position"], top_up=top_up)
+    cfg = _search_config(args, space, budget=budget, position=rl_options["position"],
+                         top_up=kind.top_up_order(space, sparse) if rl_options.get("top_up") else None)
     outcome = run_search(env, space.names, space.ssim, space.capacities, cfg, reinforce, out_dir, args.resume,
                          on_best, on_episode, tag=f"oneshot {args.allocator}")
     best = outcome.best

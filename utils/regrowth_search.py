@@ -114,7 +114,7 @@ class SearchConfig:
     seed: int = 42
     units: dict = None                 # structured: filters per channel of each group
     episodes_per_update: int = 1       # episodes sampled from one policy before each update
-    top_up_order: list = None          # structured: where leftover budget goes
+    top_up_order: list = None          # where budget the controller left goes (structured; --fill_budget)
 
 
 @dataclass
