@@ -5,7 +5,8 @@ resnet20 and the same allocation:
   published  torchvision-transform DataLoader, one mini-finetune epoch then the whole 10,000-image
              test set evaluated (the published episode repeats this 50 times; the shares are the same)
   default    in-memory tensor data, one epoch then the 5,000-image validation split
-  --fast     in-memory tensor data, 100 steps then a fixed 2,000-image validation subset
+  --fast     in-memory tensor data, the preset's steps and lr schedule (FAST_PRESET), then its fixed
+             validation subset
 Prints seconds in training steps, evaluation and everything else, and the share outside training.
 
     python bench/episode_breakdown.py --data_dir data [--dense_ckpt ... --sparse_ckpt ...]
@@ -24,6 +25,7 @@ from utils.checkpoints import model_from_checkpoint  # noqa: E402
 from utils.masks import add_masks, masked_modules  # noqa: E402
 from utils.pruners import PRUNERS  # noqa: E402
 from utils.regrowth import WeightRegrower  # noqa: E402
+from utils.regrowth_pipeline import FAST_PRESET  # noqa: E402
 from utils.regrowth_search import RegrowthEnv  # noqa: E402
 from utils.runtime import resolve_precision, to_device  # noqa: E402
 from utils.training import clone_state  # noqa: E402
@@ -34,6 +36,10 @@ def main():
     p.add_argument("--data_dir", default="data")
     p.add_argument("--sparse_ckpt", default=None, help="a pruned resnet20 (default: random weights pruned to 0.98)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the published setting")
+    p.add_argument("--settings", nargs="+", choices=("published", "default", "fast"),
+                   default=["published", "default", "fast"])
+    p.add_argument("--fast_steps", type=int, nargs="+", default=[FAST_PRESET["mini_finetune_steps"]],
+                   help="mini-finetune lengths of the --fast rows (default: the preset's)")
     args = p.parse_args()
     name = "CIFAR10" if os.path.isdir(os.path.join(args.data_dir, "cifar10")) else "digits"
     precision = resolve_precision("auto", "cpu")
@@ -51,15 +57,20 @@ def main():
     settings = []
     pub = data_loader(args.data_dir, dataset=name, backend="loader", num_workers=args.workers, download=False)
     ours = data_loader(args.data_dir, dataset=name, download=False)
-    settings.append(("published (DataLoader, 1 epoch + test set)", pub.train, pub.test, len(pub.train)))
-    settings.append(("default (tensors, 1 epoch + val)", ours.train, ours.val, len(ours.train)))
-    settings.append(("--fast (tensors, 100 steps + 2k val)", ours.train, ours.subset("val", 2000, 0), 100))
+    val_n = FAST_PRESET["reward_val_subset"]
+    if "published" in args.settings:
+        settings.append(("published (DataLoader, 1 epoch + test set)", pub.train, pub.test, len(pub.train), "constant"))
+    if "default" in args.settings:
+        settings.append(("default (tensors, 1 epoch + val)", ours.train, ours.val, len(ours.train), "constant"))
+    for steps in args.fast_steps if "fast" in args.settings else []:
+        settings.append((f"--fast (tensors, {steps} steps + {val_n} val)", ours.train, ours.subset("val", val_n, 0),
+                         steps, FAST_PRESET["mini_finetune_schedule"]))
     print(f"resnet20, {name}, allocation of {sum(allocation.values())} weights, precision {precision.name}")
     print(f"{'setting':<46} {'episode s':>9} {'train steps s':>13} {'data s':>7} {'eval s':>7} {'other s':>8} "
           f"{'outside training steps':>23}")
-    for label, train, val, steps in settings:
+    for label, train, val, steps, schedule in settings:
         env = RegrowthEnv(to_device(model_loader("resnet20"), "cpu", precision), None, regrower, train, val, "cpu",
-                          precision, steps, lambda sp: 0.0, 0.0, 270896, 0)
+                          precision, steps, lambda sp: 0.0, 0.0, 270896, 0, lr_schedule=schedule)
         env.model = add_masks(env.model)
         env.start_state = clone_state(sparse)
         t0 = time.perf_counter()

@@ -89,3 +89,43 @@ def test_allocation_lowers_sparsity_by_exactly_the_regrown_count():
     expected = min(10_000, caps["conv1"]) + 700 + 5
     assert sum(v.numel() for v in regrown.values()) == expected
     assert count_pruned_params(sparse)[2] == pruned - expected
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_episode_lr_schedule(schedule, monkeypatch):
+    """The mini-finetune keeps the published constant lr, or anneals it to 0 over exactly its steps."""
+    import torch.nn as nn
+
+    import utils.regrowth_search as search
+    from utils.regrowth import WeightRegrower
+    from utils.regrowth_search import RegrowthEnv
+
+    torch.manual_seed(0)
+    model = add_masks(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)))
+    PRUNERS["glob"](model, 0.5)
+    batches = [(torch.randn(8, 3, 8, 8), torch.randint(0, 3, (8,))) for _ in range(3)]
+    lrs, real = [], search.finetune
+
+    def recording_finetune(*a, **k):
+        opt = a[3]
+        res = real(*a, after_step=lambda m: lrs.append(opt.param_groups[0]["lr"]), **k)
+        lrs.append(opt.param_groups[0]["lr"])  # after the last scheduler step
+        return res
+
+    monkeypatch.setattr(search, "finetune", recording_finetune)
+    saliency = {n: torch.rand(m.weight_mask.shape) for n, m in masked_modules(model)}
+    from utils.training import clone_state
+
+    from utils.runtime import Precision
+
+    env = RegrowthEnv(model, clone_state(model), WeightRegrower(saliency, None, "zero"), batches, batches, "cpu",
+                      Precision(), 5, lambda s: 0.0, 0.0, 100, 0, lr=1e-3, lr_schedule=schedule)
+    env.evaluate({"0": 2}, 2, 0)
+    assert len(lrs) == 6  # 5 steps (3 + 2 over two passes) + the final value
+    if schedule == "constant":
+        assert lrs == [1e-3] * 6
+    else:
+        expected = [1e-3 * (1 + math.cos(math.pi * t / 5)) / 2 for t in range(1, 6)]
+        assert lrs[:5] == pytest.approx(expected, abs=1e-9) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(Exception, match="schedule"):
+        RegrowthEnv(model, None, None, batches, batches, "cpu", None, 5, None, 0.0, 100, 0, lr_schedule="step")

@@ -149,3 +149,18 @@ def test_evaluation_script_on_a_folder(pipeline, tmp_path):
     assert int(final["nonzero_macs"]) < int(final["macs"])
     assert os.path.getsize(os.path.join(save, "accuracy_vs_sparsity.png")) > 1000
     assert "nz/compact" in proc.stdout
+
+
+@pytest.mark.parametrize("module", [regrowth_oneshot, regrowth_iterative])
+def test_fast_preset_fills_only_what_is_not_given(module):
+    """--fast sets the proxy settings where they are missing; explicit values and the defaults stay."""
+    from utils.regrowth_pipeline import FAST_PRESET, validate_search_args
+
+    plain = module.get_args_parser().parse_args([])
+    validate_search_args(plain)
+    assert all(getattr(plain, k) is None for k in FAST_PRESET)  # published behaviour without --fast
+    fast = module.get_args_parser().parse_args(["--fast", "--mini_finetune_steps", "7"])
+    validate_search_args(fast)
+    assert fast.mini_finetune_steps == 7
+    assert fast.reward_val_subset == FAST_PRESET["reward_val_subset"]
+    assert fast.saliency_batches == FAST_PRESET["saliency_batches"]

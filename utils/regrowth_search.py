@@ -3,7 +3,8 @@
 `RegrowthEnv` turns an allocation into a reward: it loads the sparse starting state into one
 preallocated working model (no deep copies), regrows by saliency, mini-finetunes (AdamW 3e-4, wd 0.01,
 best validation state kept, as the published per-episode finetune but selected on validation
-instead of test), and scores
+instead of test; `lr_schedule="cosine"` anneals the learning rate to 0 over the mini-finetune, which
+makes a short proxy's final weights depend less on its last few batches), and scores
 
     reward = (val acc after mini-finetune - reference acc) / 100 + budget_bonus * usage
 
@@ -36,6 +37,9 @@ from utils.runtime import rng_state, set_rng_state, set_seed
 from utils.training import adamw_finetune_optimizer, clone_state, evaluate, finetune
 
 
+LR_SCHEDULES = ("constant", "cosine")  # mini-finetune learning rate: published constant, or annealed to 0
+
+
 @dataclass
 class EpisodeResult:
     reward: float
@@ -63,13 +67,16 @@ class RegrowthEnv:
     """Scores allocations on a preallocated working model (see module docstring)."""
 
     def __init__(self, work_model, start_state, regrower, train_loader, val_loader, device, precision, mini_steps,
-                 reference_fn, budget_bonus, total_weights, seed, lr=3e-4, weight_decay=0.01, keep_states=True):
+                 reference_fn, budget_bonus, total_weights, seed, lr=3e-4, weight_decay=0.01, keep_states=True,
+                 lr_schedule="constant"):
+        if lr_schedule not in LR_SCHEDULES:
+            raise BridgeError(f"unknown mini-finetune lr schedule {lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
         self.model, self.start_state, self.regrower = work_model, start_state, regrower
         self.train_loader, self.val_loader = train_loader, val_loader
         self.device, self.precision = device, precision
         self.mini_steps, self.reference_fn, self.budget_bonus = int(mini_steps), reference_fn, budget_bonus
         self.total_weights, self.seed, self.lr, self.weight_decay = total_weights, seed, lr, weight_decay
-        self.keep_states = keep_states
+        self.keep_states, self.lr_schedule = keep_states, lr_schedule
 
     def reset(self):
         self.model.load_state_dict(self.start_state)
@@ -87,8 +94,10 @@ class RegrowthEnv:
         set_seed(self.seed)  # same dropout / data order in every episode of this environment
         set_shuffle_seed(self.train_loader, self.seed)
         opt = adamw_finetune_optimizer(self.model, self.lr, self.weight_decay)
+        sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.mini_steps, 1))
+                 if self.lr_schedule == "cosine" else None)  # stepped once per optimizer step
         res = finetune(self.model, self.train_loader, self.val_loader, opt, self.device, self.precision,
-                       steps=self.mini_steps, verbose=False, desc=f"episode {episode + 1}")
+                       steps=self.mini_steps, scheduler=sched, verbose=False, desc=f"episode {episode + 1}")
         t2 = time.perf_counter()
         sparsity = self.regrower.sparsity(self.model)
         ref = self.reference_fn(sparsity)
