@@ -158,9 +158,11 @@ def test_fast_preset_fills_only_what_is_not_given(module):
 
     plain = module.get_args_parser().parse_args([])
     validate_search_args(plain)
-    assert all(getattr(plain, k) is None for k in FAST_PRESET)  # published behaviour without --fast
+    # published behaviour without --fast: epochs, full validation split, one saliency epoch, constant lr
+    assert [getattr(plain, k) for k in FAST_PRESET] == [None, "constant", None, None]
     fast = module.get_args_parser().parse_args(["--fast", "--mini_finetune_steps", "7"])
     validate_search_args(fast)
     assert fast.mini_finetune_steps == 7
+    assert fast.mini_finetune_schedule == FAST_PRESET["mini_finetune_schedule"] == "cosine"
     assert fast.reward_val_subset == FAST_PRESET["reward_val_subset"]
     assert fast.saliency_batches == FAST_PRESET["saliency_batches"]
