@@ -5,8 +5,8 @@ resnet20 and the same allocation:
   published  torchvision-transform DataLoader, one mini-finetune epoch then the whole 10,000-image
              test set evaluated (the published episode repeats this 50 times; the shares are the same)
   default    in-memory tensor data, one epoch then the 5,000-image validation split
-  --fast     in-memory tensor data, the preset's steps and lr schedule (FAST_PRESET), then its fixed
-             validation subset
+  --fast     in-memory tensor data, the preset's repeats x steps and lr schedule (FAST_PRESET), each
+             then scored on its fixed validation subset
 Prints seconds in training steps, evaluation and everything else, and the share outside training.
 
     python bench/episode_breakdown.py --data_dir data [--dense_ckpt ... --sparse_ckpt ...]
@@ -59,18 +59,21 @@ def main():
     ours = data_loader(args.data_dir, dataset=name, download=False)
     val_n = FAST_PRESET["reward_val_subset"]
     if "published" in args.settings:
-        settings.append(("published (DataLoader, 1 epoch + test set)", pub.train, pub.test, len(pub.train), "constant"))
+        settings.append(("published (DataLoader, 1 epoch + test set)", pub.train, pub.test, len(pub.train),
+                         "constant", 1))
     if "default" in args.settings:
-        settings.append(("default (tensors, 1 epoch + val)", ours.train, ours.val, len(ours.train), "constant"))
+        settings.append(("default (tensors, 1 epoch + val)", ours.train, ours.val, len(ours.train), "constant", 1))
     for steps in args.fast_steps if "fast" in args.settings else []:
-        settings.append((f"--fast (tensors, {steps} steps + {val_n} val)", ours.train, ours.subset("val", val_n, 0),
-                         steps, FAST_PRESET["mini_finetune_schedule"]))
+        repeats = FAST_PRESET["reward_repeats"]
+        settings.append((f"--fast (tensors, {repeats}x {steps} steps + {val_n} val)", ours.train,
+                         ours.subset("val", val_n, 0), steps, FAST_PRESET["mini_finetune_schedule"], repeats))
     print(f"resnet20, {name}, allocation of {sum(allocation.values())} weights, precision {precision.name}")
     print(f"{'setting':<46} {'episode s':>9} {'train steps s':>13} {'data s':>7} {'eval s':>7} {'other s':>8} "
           f"{'outside training steps':>23}")
-    for label, train, val, steps, schedule in settings:
+    for label, train, val, steps, schedule, repeats in settings:
         env = RegrowthEnv(to_device(model_loader("resnet20"), "cpu", precision), None, regrower, train, val, "cpu",
-                          precision, steps, lambda sp: 0.0, 0.0, 270896, 0, lr_schedule=schedule)
+                          precision, steps, lambda sp: 0.0, 0.0, 270896, 0, lr_schedule=schedule,
+                          repeats=repeats)
         env.model = add_masks(env.model)
         env.start_state = clone_state(sparse)
         t0 = time.perf_counter()

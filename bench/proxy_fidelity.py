@@ -42,10 +42,12 @@ def main():
     p.add_argument("--allocations", type=int, default=10)
     p.add_argument("--proxy_steps", type=int, nargs="+", default=[FAST_PRESET["mini_finetune_steps"]],
                    help="proxy mini-finetune lengths to compare (default: the --fast preset's)")
-    p.add_argument("--proxy_schedules", nargs="+", default=[FAST_PRESET["mini_finetune_schedule"]], choices=LR_SCHEDULES,
+    p.add_argument("--proxy_schedules", nargs="+", default=[FAST_PRESET["mini_finetune_schedule"]],
+                   choices=LR_SCHEDULES,
                    help="proxy learning-rate schedules to compare (cosine: annealed to 0 over the proxy's steps)")
-    p.add_argument("--proxy_seeds", type=int, default=1,
-                   help="proxy runs per allocation and setting (data-order seeds): measures the proxy's own noise")
+    p.add_argument("--proxy_seeds", type=int, default=FAST_PRESET["reward_repeats"],
+                   help="proxy runs per allocation and setting (data-order seeds seed, seed + 1, ...): their mean "
+                        "is the --reward_repeats reward; their spread measures one run's noise")
     p.add_argument("--long_epochs", type=float, default=2.0)
     p.add_argument("--long_seeds", type=int, default=3, help="long finetunes per allocation (data-order seeds)")
     p.add_argument("--rows", default=None, help="JSON-lines file of finished evaluations (reused on a rerun)")
@@ -77,7 +79,8 @@ def main():
                            keep_states=False)
 
     runs = [(f"proxy{s}" + ("" if sc == "constant" else f"_{sc}") + (f"@seed{k}" if k else ""), proxy_env,
-             (s, sc, args.seed + k)) for sc in args.proxy_schedules for s in args.proxy_steps for k in range(args.proxy_seeds)]
+             (s, sc, args.seed + k))
+            for sc in args.proxy_schedules for s in args.proxy_steps for k in range(args.proxy_seeds)]
     runs += [(f"long_seed{k}", long_env, args.seed + k) for k in range(args.long_seeds)]
     torch.manual_seed(args.seed)
     agent = RegrowthAgent(args.action_space_size, args.hidden_size)
@@ -108,7 +111,8 @@ def main():
         print(f"  allocation {i + 1:>2}: {' | '.join(line)} | {dict(list(alloc.items())[:4])} ...", flush=True)
     long_names = [n for n in rewards if n.startswith("long")]
     long_mean = [statistics.mean(v) for v in zip(*(rewards[n] for n in long_names))]
-    print(f"\nSpearman rho (Pearson r) with the mean long reward over {len(long_names)} seed(s), n = {args.allocations}:")
+    print(f"\nSpearman rho (Pearson r) with the mean long reward over {len(long_names)} seed(s), "
+          f"n = {args.allocations}:")
     proxies = {n: [n] for n in rewards if n.startswith("proxy") and "@" not in n}  # a setting -> its seeds
     for n in rewards:
         if "@" in n:

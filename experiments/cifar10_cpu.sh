@@ -128,7 +128,7 @@ regrow() {  # regrow SPARSITY PATH TARGET ALLOCATOR INIT SEED
   local step; step=$($PY -c "print(round($1 - $3, 6))")
   stage "regrow_$1_$4_$5_s$6" $PY regrowth_oneshot.py "${DATA[@]}" "${FT[@]}" --dense_ckpt "$DENSE" \
     --initial_ckpt "$2" --model_sparsity "$1" --regrow_step "$step" --allocator "$4" --init_strategy "$5" \
-    --fill_budget --ssim_threshold "$SSIM_THRESHOLD" --fast --mini_finetune_steps "$MINI_STEPS" --mini_finetune_schedule constant --saliency_batches "$SALIENCY_BATCHES" \
+    --fill_budget --ssim_threshold "$SSIM_THRESHOLD" --fast --mini_finetune_steps "$MINI_STEPS" --mini_finetune_schedule constant --reward_repeats 1 --saliency_batches "$SALIENCY_BATCHES" \
     --num_epochs "$EPISODES" --finetune_epochs "$FINAL_EPOCHS" --save_dir "$WORK/regrow" --tag "_$4_$5_s$6" --seed "$6"
 }
 REPORT=(report.py --m_name "$M" --work_dir "$WORK/lamp" --curve_dirs "$WORK/glob" --runs "$WORK/regrow"

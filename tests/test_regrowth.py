@@ -129,3 +129,40 @@ def test_episode_lr_schedule(schedule, monkeypatch):
         assert lrs[:5] == pytest.approx(expected, abs=1e-9) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(Exception, match="schedule"):
         RegrowthEnv(model, None, None, batches, batches, "cpu", None, 5, None, 0.0, 100, 0, lr_schedule="step")
+
+
+def test_reward_repeats_average_runs_with_consecutive_seeds():
+    """repeats=K scores the mean of the K single-run accuracies of seeds seed .. seed+K-1, all from the
+    same regrown state, and keeps the first run's finetuned state."""
+    import torch.nn as nn
+
+    from utils.regrowth import WeightRegrower
+    from utils.regrowth_search import RegrowthEnv
+    from utils.runtime import Precision
+    from utils.training import clone_state
+
+    torch.manual_seed(0)
+    model = add_masks(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)))
+    PRUNERS["glob"](model, 0.6)
+    data = [(torch.randn(16, 3, 8, 8), torch.randint(0, 3, (16,))) for _ in range(4)]
+    val = [(torch.randn(64, 3, 8, 8), torch.randint(0, 3, (64,)))]
+    saliency = {n: torch.rand(m.weight_mask.shape) for n, m in masked_modules(model)}
+    start = clone_state(model)
+
+    class Shuffled(list):  # the data order follows the seed the env sets, as the real loaders' does
+        def __iter__(self):
+            return iter([list.__getitem__(self, i) for i in torch.randperm(len(self))])
+
+    def env(seed, repeats):
+        return RegrowthEnv(model, start, WeightRegrower(saliency, None, "zero"), Shuffled(data), val, "cpu",
+                           Precision(), 3, lambda s: 10.0, 0.0, 100, seed, lr=0.05, repeats=repeats)
+
+    singles = [env(7 + k, 1).evaluate({"0": 5}, 5, 0) for k in range(3)]
+    assert len({r.val_acc for r in singles}) > 1  # the seeds really give different runs
+    both = env(7, 3).evaluate({"0": 5}, 5, 0)
+    assert both.val_acc == pytest.approx(sum(r.val_acc for r in singles) / 3)
+    assert both.reward == pytest.approx((both.val_acc - 10.0) / 100)
+    assert all(torch.equal(both.post_state[k], singles[0].post_state[k]) for k in both.post_state)
+    assert all(torch.equal(both.pre_state[k], singles[0].pre_state[k]) for k in both.pre_state)
+    with pytest.raises(Exception, match="repeats"):
+        env(7, 0)

@@ -159,10 +159,14 @@ def test_fast_preset_fills_only_what_is_not_given(module):
     plain = module.get_args_parser().parse_args([])
     validate_search_args(plain)
     # published behaviour without --fast: epochs, full validation split, one saliency epoch, constant lr
-    assert [getattr(plain, k) for k in FAST_PRESET] == [None, "constant", None, None]
+    assert [getattr(plain, k) for k in FAST_PRESET] == [None, "constant", 1, None, None]
     fast = module.get_args_parser().parse_args(["--fast", "--mini_finetune_steps", "7"])
     validate_search_args(fast)
     assert fast.mini_finetune_steps == 7
     assert fast.mini_finetune_schedule == FAST_PRESET["mini_finetune_schedule"] == "cosine"
+    assert fast.reward_repeats == FAST_PRESET["reward_repeats"] == 3
+    bad = module.get_args_parser().parse_args(["--reward_repeats", "0"])
+    with pytest.raises(Exception, match="reward_repeats"):
+        validate_search_args(bad)
     assert fast.reward_val_subset == FAST_PRESET["reward_val_subset"]
     assert fast.saliency_batches == FAST_PRESET["saliency_batches"]

@@ -74,6 +74,9 @@ def add_search_args(p, *, m_name="effnet", num_epochs=400, patience=50, ssim_num
     g.add_argument("--mini_finetune_schedule", default=None, choices=LR_SCHEDULES,
                    help="per-episode learning rate: constant (published) or cosine, annealed to 0 over the "
                         "mini-finetune (default constant; --fast: see FAST_PRESET)")
+    g.add_argument("--reward_repeats", type=int, default=None,
+                   help="mini-finetunes per episode, each with another data order; the reward uses their mean "
+                        "accuracy (default 1, published; --fast: see FAST_PRESET)")
     g.add_argument("--reward_subset", type=int, default=None,
                    help="mini-finetune on a fixed random subset of this many training images (default: all)")
     g.add_argument("--reward_val_subset", type=int, default=None,
@@ -99,12 +102,13 @@ def add_search_args(p, *, m_name="effnet", num_epochs=400, patience=50, ssim_num
     cli.add_runtime_args(p)
 
 
-# What --fast changes (README "Speed"): a 150-step mini-finetune with the learning rate annealed to 0
-# (cosine), a 2,000-image reward validation subset and a saliency pass over 100 batches.
+# What --fast changes (README "Speed"): 150-step mini-finetunes with the learning rate annealed to 0
+# (cosine), three of them per episode (different data orders, mean accuracy: one short run ranks
+# allocations too noisily), a 2,000-image reward validation subset and a saliency pass over 100 batches.
 # bench/proxy_fidelity.py measures how well its rewards rank allocations compared with a long finetune;
 # 150 steps keep evaluation + regrowth under 5% of an episode (bench/episode_breakdown.py).
-FAST_PRESET = {"mini_finetune_steps": 150, "mini_finetune_schedule": "cosine", "reward_val_subset": 2000,
-               "saliency_batches": 100}
+FAST_PRESET = {"mini_finetune_steps": 150, "mini_finetune_schedule": "cosine", "reward_repeats": 3,
+               "reward_val_subset": 2000, "saliency_batches": 100}
 
 
 def validate_search_args(args, structured=False):
@@ -115,6 +119,10 @@ def validate_search_args(args, structured=False):
                 setattr(args, key, value)
     if getattr(args, "mini_finetune_schedule", None) is None:
         args.mini_finetune_schedule = "constant"
+    if getattr(args, "reward_repeats", None) is None:
+        args.reward_repeats = 1
+    if args.reward_repeats < 1:
+        raise BridgeError("--reward_repeats must be at least 1")
     if structured:
         from utils.structured_regrowth import check_structured_init
 
@@ -336,13 +344,14 @@ def run_oneshot(args, kind_cls, *, sparse_path, out_dir, requested, reference, s
 
     steps = mini_finetune_steps(args, len(setup.data.train))
     env = RegrowthEnv(work_model_like(setup, sparse.state_dict()), clone_state(sparse), regrower, setup.reward_train,
-                      setup.reward_val, setup.device, setup.precision, steps, ref_fn, args.budget_bonus, kind.total(), args.seed,
-                      lr_schedule=args.mini_finetune_schedule)
+                      setup.reward_val, setup.device, setup.precision, steps, ref_fn, args.budget_bonus, kind.total(),
+                      args.seed, lr_schedule=args.mini_finetune_schedule, repeats=args.reward_repeats)
     reinforce = (make_reinforce(args, rl_options["action_space_size"], 0, rl_options["advantage"], rl_options["clip"])
                  if args.allocator == "rl" else None)
     wandb = WandbLog(args.wandb, "bridge_" + kind.stage_prefix, f"{args.m_name}_{start_sparsity:.4f}", vars(args))
     log(f"search: allocator {args.allocator}, up to {args.num_epochs} episodes, mini-finetune {steps} steps "
-        f"({steps / len(setup.data.train):.2f} epochs) per episode")
+        f"({steps / len(setup.data.train):.2f} epochs, {args.mini_finetune_schedule} lr)"
+        + (f" x {args.reward_repeats} data orders" if args.reward_repeats > 1 else "") + " per episode")
     stage = f"{kind.stage_prefix}_oneshot"
 
     def on_best(e, result):
@@ -510,7 +519,7 @@ def run_iterative(args, kind_cls, *, baseline_dir, run_dir, script, rl_options):
         env = RegrowthEnv(work, clone_state(current), kind.regrower(space), setup.reward_train, setup.reward_val,
                           setup.device,
                           setup.precision, steps, curve, args.budget_bonus, kind.total(), args.seed + it,
-                          lr_schedule=args.mini_finetune_schedule)
+                          lr_schedule=args.mini_finetune_schedule, repeats=args.reward_repeats)
         reinforce = (make_reinforce(args, args.alloc_space_size, args.budget_space_size, rl_options["advantage"],
                                     rl_options["clip"]) if args.allocator == "rl" else None)
         cfg = _search_config(args, space, budget_options=budget_options, position="iterative",

@@ -4,7 +4,8 @@
 preallocated working model (no deep copies), regrows by saliency, mini-finetunes (AdamW 3e-4, wd 0.01,
 best validation state kept, as the published per-episode finetune but selected on validation
 instead of test; `lr_schedule="cosine"` anneals the learning rate to 0 over the mini-finetune, which
-makes a short proxy's final weights depend less on its last few batches), and scores
+makes a short proxy's final weights depend less on its last few batches; `repeats=K` averages K
+mini-finetunes with different data orders, for short proxies whose single runs are noisy), and scores
 
     reward = (val acc after mini-finetune - reference acc) / 100 + budget_bonus * usage
 
@@ -68,15 +69,18 @@ class RegrowthEnv:
 
     def __init__(self, work_model, start_state, regrower, train_loader, val_loader, device, precision, mini_steps,
                  reference_fn, budget_bonus, total_weights, seed, lr=3e-4, weight_decay=0.01, keep_states=True,
-                 lr_schedule="constant"):
+                 lr_schedule="constant", repeats=1):
+        if int(repeats) < 1:
+            raise BridgeError(f"reward repeats must be at least 1, got {repeats}")
         if lr_schedule not in LR_SCHEDULES:
-            raise BridgeError(f"unknown mini-finetune lr schedule {lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
+            raise BridgeError(f"unknown mini-finetune lr schedule {lr_schedule!r}; "
+                              f"choose from {', '.join(LR_SCHEDULES)}")
         self.model, self.start_state, self.regrower = work_model, start_state, regrower
         self.train_loader, self.val_loader = train_loader, val_loader
         self.device, self.precision = device, precision
         self.mini_steps, self.reference_fn, self.budget_bonus = int(mini_steps), reference_fn, budget_bonus
         self.total_weights, self.seed, self.lr, self.weight_decay = total_weights, seed, lr, weight_decay
-        self.keep_states, self.lr_schedule = keep_states, lr_schedule
+        self.keep_states, self.lr_schedule, self.repeats = keep_states, lr_schedule, int(repeats)
 
     def reset(self):
         self.model.load_state_dict(self.start_state)
@@ -86,30 +90,42 @@ class RegrowthEnv:
         self.reset()
         return self.regrower.apply(self.model, allocation, init_generator(self.seed, episode))
 
-    def evaluate(self, allocation, budget, episode):
-        t0 = time.perf_counter()
-        _, regrown = self.regrow(allocation, episode)
-        pre = cpu_clone(self.model.state_dict()) if self.keep_states else None
-        t1 = time.perf_counter()
-        set_seed(self.seed)  # same dropout / data order in every episode of this environment
-        set_shuffle_seed(self.train_loader, self.seed)
+    def _mini_finetune(self, seed, episode):
+        set_seed(seed)  # same dropout / data order in every episode of this environment
+        set_shuffle_seed(self.train_loader, seed)
         opt = adamw_finetune_optimizer(self.model, self.lr, self.weight_decay)
         sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.mini_steps, 1))
                  if self.lr_schedule == "cosine" else None)  # stepped once per optimizer step
-        res = finetune(self.model, self.train_loader, self.val_loader, opt, self.device, self.precision,
-                       steps=self.mini_steps, scheduler=sched, verbose=False, desc=f"episode {episode + 1}")
+        return finetune(self.model, self.train_loader, self.val_loader, opt, self.device, self.precision,
+                        steps=self.mini_steps, scheduler=sched, verbose=False, desc=f"episode {episode + 1}")
+
+    def evaluate(self, allocation, budget, episode):
+        """Regrow `allocation`, mini-finetune `repeats` times from the regrown state (data-order seeds
+        seed, seed + 1, ...) and score the mean best validation accuracy. post_state is the first run's."""
+        t0 = time.perf_counter()
+        _, regrown = self.regrow(allocation, episode)
+        pre = cpu_clone(self.model.state_dict()) if self.keep_states else None
+        regrown_state = clone_state(self.model) if self.repeats > 1 else None
+        t1 = time.perf_counter()
+        accs, post, train_s, data_s = [], None, 0.0, 0.0
+        for k in range(self.repeats):
+            if k:
+                self.model.load_state_dict(regrown_state)
+            res = self._mini_finetune(self.seed + k, episode)
+            accs.append(res.best_val_acc)
+            train_s += sum(h["seconds"] for h in res.history)
+            data_s += sum(h["data_seconds"] for h in res.history)
+            if k == 0 and self.keep_states:
+                post = cpu_clone(self.model.state_dict())
         t2 = time.perf_counter()
+        val_acc = sum(accs) / len(accs)
         sparsity = self.regrower.sparsity(self.model)
         ref = self.reference_fn(sparsity)
         usage = regrown / max(budget, 1)
-        reward = (res.best_val_acc - ref) / 100.0 + self.budget_bonus * usage
-        post = cpu_clone(self.model.state_dict()) if self.keep_states else None
-        train_s = sum(h["seconds"] for h in res.history)
-        data_s = sum(h["data_seconds"] for h in res.history)
+        reward = (val_acc - ref) / 100.0 + self.budget_bonus * usage
         timings = {"regrow_s": t1 - t0, "finetune_train_s": train_s - data_s, "finetune_data_s": data_s,
                    "finetune_eval_s": (t2 - t1) - train_s, "episode_s": time.perf_counter() - t0}
-        return EpisodeResult(reward, res.best_val_acc, ref, sparsity, regrown, usage, dict(allocation), timings,
-                             pre, post)
+        return EpisodeResult(reward, val_acc, ref, sparsity, regrown, usage, dict(allocation), timings, pre, post)
 
 
 @dataclass
