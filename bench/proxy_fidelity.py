@@ -87,8 +87,8 @@ def main():
     gen = torch.Generator().manual_seed(args.seed)
     allocations = [sample_allocation(agent, space.names, space.capacities, budget=budget, generator=gen).allocation
                    for _ in range(args.allocations)]
-    done = {(r["allocation_index"], r["run"]): r for r in read_jsonl(args.rows)} if args.rows else {}
-    done = {k: r for k, r in done.items() if r.get("allocation") == allocations[k[0]]} if done else {}
+    done = {(r["allocation_index"], r["run"]): r for r in (read_jsonl(args.rows) if args.rows else [])
+            if r["allocation_index"] < len(allocations) and r.get("allocation") == allocations[r["allocation_index"]]}
     print(f"{args.allocations} allocations of {budget:,} weights over {len(space.names)} layers; proxies: "
           f"{', '.join(map(str, args.proxy_steps))} steps ({'/'.join(args.proxy_schedules)} lr) + "
           f"{len(setup.reward_val.dataset)} val images; long: "

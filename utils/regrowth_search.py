@@ -105,7 +105,7 @@ class RegrowthEnv:
         t0 = time.perf_counter()
         _, regrown = self.regrow(allocation, episode)
         pre = cpu_clone(self.model.state_dict()) if self.keep_states else None
-        regrown_state = clone_state(self.model) if self.repeats > 1 else None
+        regrown_state = (pre if pre is not None else clone_state(self.model)) if self.repeats > 1 else None
         t1 = time.perf_counter()
         accs, post, train_s, data_s = [], None, 0.0, 0.0
         for k in range(self.repeats):
