@@ -94,7 +94,7 @@ def main(args):
         from utils.training import evaluate
 
         device = resolve_device(args.device)
-        precision = resolve_precision(args.precision, device)
+        precision = resolve_precision(args.precision, device, args.compile)
         data = cli.build_data(argparse.Namespace(**{**vars(args), "m_name": m_name}), device)
         loader = data.val if args.metric == "val_acc" else data.test
         for path, sp, metrics, _ in missing:

@@ -53,7 +53,7 @@ def main(args):
     if args.epochs < 1:
         raise BridgeError("--epochs must be at least 1")
     device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
+    precision = resolve_precision(args.precision, device, args.compile)
     set_seed(args.seed)
     data = cli.build_data(args, device)
     log(data.describe() + f" | device {device} | precision {precision.name}")

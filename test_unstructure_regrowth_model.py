@@ -103,7 +103,7 @@ def main(args):
     if args.knee and not os.path.isdir(args.model_path):
         raise BridgeError("--knee needs a folder of pruned checkpoints as --model_path")
     device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
+    precision = resolve_precision(args.precision, device, args.compile)
     set_seed(args.seed)
     files = find_checkpoints(args.model_path)
     extra = find_checkpoints(args.baseline_dir) if args.baseline_dir else []

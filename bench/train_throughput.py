@@ -1,11 +1,13 @@
 """Training throughput: the project's loop (utils.training + --precision auto) vs a plain fp32 loop.
 
-Both loops run the same model on the same in-memory batches, interleaved (plain, ours, plain, ours,
-...) so that machine drift hits both alike; the median images/s of each is reported with the ratio.
+The loops run the same model on the same in-memory batches, interleaved (plain, ours, ours with
+--compile, plain, ...) so that machine drift hits all alike; the median images/s of each is reported
+with the ratio. The compiled loop's one-time compile (first steps) is timed and printed apart.
 `--accuracy_epochs N` also trains resnet20 for N epochs both ways on a CIFAR-10 subset (or digits)
 and prints the val accuracy each reaches, to show the fast path loses no accuracy.
 
     python bench/train_throughput.py --models resnet20 vgg16
+    python bench/train_throughput.py --models resnet20 --epoch --train_limit 45000 --data_dir data
     python bench/train_throughput.py --models resnet20 --accuracy_epochs 5 --data_dir data
 """
 import argparse
@@ -41,24 +43,38 @@ def project_steps(model, batches, precision, device):
     return train_one_epoch(model, batches, opt, device, precision).images_per_s
 
 
-def throughput(m_name, batch_size, steps, repeats, device):
-    precision = resolve_precision("auto", device)
+def compile_warmup(model, batches, precision, device):
+    """Seconds of the first compiled steps (graph capture + codegen, or a cache hit)."""
+    t0 = time.perf_counter()
+    project_steps(model, batches[:2], precision, device)
+    return time.perf_counter() - t0
+
+
+def throughput(m_name, batch_size, steps, repeats, device, with_compile):
+    precision = resolve_precision("auto", device, compile=False)
+    compiled = resolve_precision("auto", device, compile=True)
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(batch_size, 3, 32, 32, generator=g), torch.randint(0, 10, (batch_size,), generator=g))
                for _ in range(steps)]
     plain = model_loader(m_name).to(device)
     ours = to_device(model_loader(m_name), device, precision)
+    ours_c = to_device(model_loader(m_name), device, compiled) if with_compile else None
     plain_steps(plain, batches[:2])  # warm-up (allocators, oneDNN primitive caches)
     project_steps(ours, batches[:2], precision, device)
-    a, b = [], []
+    t_compile = compile_warmup(ours_c, batches, compiled, device) if with_compile else float("nan")
+    a, b, c = [], [], []
     for _ in range(repeats):
         a.append(plain_steps(plain, batches))
         b.append(project_steps(ours, batches, precision, device))
-    return statistics.median(a), statistics.median(b), precision.name
+        if with_compile:
+            c.append(project_steps(ours_c, batches, compiled, device))
+    med_c = statistics.median(c) if c else float("nan")
+    return statistics.median(a), statistics.median(b), med_c, t_compile, precision.name
 
 
-def whole_epoch(m_name, data_dir, train_limit, workers, device):
-    """One training epoch including data loading: plain fp32 + torchvision DataLoader vs the project's path."""
+def whole_epoch(m_name, data_dir, train_limit, workers, device, with_compile):
+    """One training epoch including data loading: plain fp32 + torchvision DataLoader vs the project's path
+    (eager, and compiled after a separately timed warm-up on two batches)."""
     from data.data_loader import data_loader
 
     name = "CIFAR10" if os.path.isdir(os.path.join(data_dir, "cifar10")) else "digits"
@@ -78,11 +94,14 @@ def whole_epoch(m_name, data_dir, train_limit, workers, device):
         opt.step()
         n += len(y)
     t_plain = time.perf_counter() - t0
-    precision = resolve_precision("auto", device)
-    ours = to_device(model_loader(m_name), device, precision)
-    opt = torch.optim.SGD(ours.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    stats = train_one_epoch(ours, fast.train, opt, device, precision)
-    return name, n, t_plain, stats.seconds, precision.name
+    times = {}
+    for flag in (False, True) if with_compile else (False,):
+        precision = resolve_precision("auto", device, compile=flag)
+        ours = to_device(model_loader(m_name), device, precision)
+        opt = torch.optim.SGD(ours.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        warm = compile_warmup(ours, [next(iter(fast.train))] * 2, precision, device) if flag else 0.0
+        times[precision.name] = (train_one_epoch(ours, fast.train, opt, device, precision).seconds, warm)
+    return name, n, t_plain, times
 
 
 def accuracy_both_ways(epochs, data_dir, train_limit, device, seeds=(0,)):
@@ -125,21 +144,28 @@ def main():
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain epoch")
     p.add_argument("--data_dir", default="data")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--no_compile", action="store_true", help="skip the --compile rows (each compiles for ~30-50 s)")
     args = p.parse_args()
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, batch {args.batch_size}")
-    print(f"{'model':<10} {'plain fp32 img/s':>17} {'ours img/s':>11} {'ours path':>22} {'speed-up':>9}")
+    with_compile = not args.no_compile
+    print(f"{'model':<10} {'plain fp32 img/s':>17} {'ours path':>22} {'ours img/s':>11} {'speed-up':>9}"
+          + (f" {'+compile img/s':>15} {'speed-up':>9} {'compile s':>10}" if with_compile else ""))
     for m in args.models:
-        a, b, name = throughput(m, args.batch_size, args.steps, args.repeats, device)
-        print(f"{m:<10} {a:>17.0f} {b:>11.0f} {name:>22} {b / a:>8.2f}x", flush=True)
+        a, b, c, t_c, name = throughput(m, args.batch_size, args.steps, args.repeats, device, with_compile)
+        print(f"{m:<10} {a:>17.0f} {name:>22} {b:>11.0f} {b / a:>8.2f}x"
+              + (f" {c:>15.0f} {c / a:>8.2f}x {t_c:>10.1f}" if with_compile else ""), flush=True)
     if args.epoch:
         for m in args.models:
-            name, n, t_plain, t_ours, path = whole_epoch(m, args.data_dir, args.train_limit, args.workers, device)
+            name, n, t_plain, times = whole_epoch(m, args.data_dir, args.train_limit, args.workers, device,
+                                                  with_compile)
             print(f"\n{m}, one epoch of {n} {name} training images including data loading:")
-            print(f"  plain fp32 + torchvision DataLoader ({args.workers} workers) {t_plain:7.1f} s  "
+            print(f"  {'plain fp32 + torchvision DataLoader (' + str(args.workers) + ' workers)':<52} {t_plain:7.1f} s  "
                   f"({n / t_plain:.0f} img/s)")
-            print(f"  ours ({path}, in-memory tensors)       {t_ours:7.1f} s  ({n / t_ours:.0f} img/s)  "
-                  f"speed-up {t_plain / t_ours:.2f}x", flush=True)
+            for path, (secs, warm) in times.items():
+                extra = f"  (+ {warm:.1f} s one-time compile before the epoch)" if "compile" in path else ""
+                print(f"  {'ours (' + path + ', in-memory tensors)':<52} {secs:7.1f} s  ({n / secs:.0f} img/s)  "
+                      f"speed-up {t_plain / secs:.2f}x{extra}", flush=True)
     if args.accuracy_epochs:
         desc, rows = accuracy_both_ways(args.accuracy_epochs, args.data_dir, args.train_limit, device, args.seeds)
         print(f"\nresnet20, {args.accuracy_epochs} epochs, {desc}")

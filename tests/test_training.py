@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from utils.errors import NonFiniteLossError
-from utils.training import adamw_finetune_optimizer, evaluate, finetune, train_one_epoch
+from utils.runtime import Precision
+from utils.training import adamw_finetune_optimizer, evaluate, finetune, train_one_epoch, training_forward
 
 
 def _toy_data(n=96, seed=0):
@@ -44,3 +45,54 @@ def test_nan_loss_stops_training(tiny_net):
     bad = [(torch.full((16, 3, 8, 8), float("nan")), torch.zeros(16, dtype=torch.long))] * 30
     with pytest.raises(NonFiniteLossError):
         train_one_epoch(tiny_net, bad, torch.optim.SGD(tiny_net.parameters(), lr=0.1), "cpu")
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_and_respects_masks(tiny_net):
+    """--compile: same steps as eager (fp32), masks edited in place after compiling still apply, one graph
+    for the full batch (the partial last batch runs eagerly), state_dict keys unchanged."""
+    import torch._dynamo
+
+    from utils.masks import add_masks, masked_modules
+
+    add_masks(tiny_net)
+    for _, m in masked_modules(tiny_net):
+        m.weight_mask.copy_((torch.rand_like(m.weight_mask) > 0.5).float())
+    twin = add_masks(type(tiny_net)())  # eager reference, identical start
+    twin.load_state_dict(tiny_net.state_dict())
+    keys = list(tiny_net.state_dict())
+    data = _toy_data(88)  # five batches of 16 and one of 8
+    eager_p, compiled_p = Precision(), Precision(compile=True)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    for epoch in range(2):
+        if epoch == 1:  # prune more, in place, between epochs: the compiled graph must see it
+            for net in (tiny_net, twin):
+                mask = masked_modules(net)[1][1].weight_mask
+                mask.view(-1)[: mask.numel() // 2] = 0
+        torch.manual_seed(epoch)
+        a = train_one_epoch(twin, data, opt_a := torch.optim.SGD(twin.parameters(), lr=0.1), "cpu", eager_p)
+        b = train_one_epoch(tiny_net, data, torch.optim.SGD(tiny_net.parameters(), lr=0.1), "cpu", compiled_p)
+        assert b.loss == pytest.approx(a.loss, rel=1e-4, abs=1e-5) and b.steps == a.steps == 6
+        del opt_a
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert list(tiny_net.state_dict()) == keys
+    for (_, m), (_, r) in zip(masked_modules(tiny_net), masked_modules(twin)):
+        assert torch.allclose(m.weight_orig, r.weight_orig, atol=1e-5)
+        assert torch.all((m.weight_orig * m.weight_mask)[m.weight_mask == 0] == 0)
+
+
+def test_compile_flag_and_environment(monkeypatch):
+    """--compile (or BRIDGE_COMPILE=1) turns the compiled training path on; off by default."""
+    import pretrain
+    from utils.runtime import resolve_precision
+
+    monkeypatch.delenv("BRIDGE_COMPILE", raising=False)
+    parse = pretrain.get_args_parser().parse_args
+    assert not resolve_precision("fp32", "cpu", parse([]).compile).compile
+    on = resolve_precision("fp32", "cpu", parse(["--compile"]).compile)
+    assert on.compile and on.name == "fp32+channels_last+compile"
+    monkeypatch.setenv("BRIDGE_COMPILE", "1")
+    assert resolve_precision("fp32", "cpu", parse([]).compile).compile
+    net = torch.nn.Linear(2, 2)
+    assert training_forward(net, Precision()) is net  # eager unless asked

@@ -75,7 +75,7 @@ class PruningPlan:
 def run_pruning(args, plan):
     """Run every level of `plan` (see module docstring); returns the table rows."""
     device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
+    precision = resolve_precision(args.precision, device, args.compile)
     set_seed(args.seed)
     data = cli.build_data(args, device)
     log(data.describe() + f" | device {device} | precision {precision.name}")

@@ -170,7 +170,7 @@ def dense_checkpoint_path(args):
 def prepare(args, sparse_path):
     """Device, data, the dense model, and the sparse model at `sparse_path` (returned separately)."""
     device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
+    precision = resolve_precision(args.precision, device, args.compile)
     set_seed(args.seed)
     sparse, sparse_ckpt = model_from_checkpoint(sparse_path, args.m_name, expect="sparse",
                                                 trust_pickle=args.trust_pickle)

@@ -80,10 +80,12 @@ class Precision:
 
     dtype: object = None
     channels_last: bool = False
+    compile: bool = False  # training steps run a torch.compile'd twin of the model (utils.training)
 
     @property
     def name(self):
-        return ("bf16" if self.dtype is torch.bfloat16 else "fp32") + ("+channels_last" if self.channels_last else "")
+        return (("bf16" if self.dtype is torch.bfloat16 else "fp32") + ("+channels_last" if self.channels_last else "")
+                + ("+compile" if self.compile else ""))
 
     def autocast(self, device):
         if self.dtype is None:
@@ -91,12 +93,16 @@ class Precision:
         return torch.autocast(device_type=torch.device(device).type, dtype=self.dtype)
 
 
-def resolve_precision(name, device):
+def resolve_precision(name, device, compile=None):
     """'auto' -> bf16 + channels_last on CUDA (bf16-capable) and on CPUs with AVX-512/bf16; else fp32.
 
     channels_last is kept with fp32 too: it never changed results and is faster for convolutions
-    on both devices.
+    on both devices. `compile` (None: the BRIDGE_COMPILE environment variable, off when unset) makes
+    training steps run through torch.compile: faster steps for a one-time compile per process
+    (bench/train_throughput.py measures both), so it pays off for runs longer than a few minutes.
     """
+    if compile is None:
+        compile = os.environ.get("BRIDGE_COMPILE", "").lower() in ("1", "true", "on", "yes")
     device = torch.device(device)
     env = os.environ.get("BRIDGE_PRECISION")
     if name in (None, "auto") and env:
@@ -108,7 +114,7 @@ def resolve_precision(name, device):
             name = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
         else:
             name = "bf16" if cpu_supports_bf16() else "fp32"
-    return Precision(dtype=torch.bfloat16 if name == "bf16" else None, channels_last=True)
+    return Precision(dtype=torch.bfloat16 if name == "bf16" else None, channels_last=True, compile=bool(compile))
 
 
 def to_device(model, device, precision):

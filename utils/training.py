@@ -19,6 +19,23 @@ from utils.runtime import Precision
 _CHECK_EVERY = 25  # steps between host-side NaN checks (each check is a device sync)
 
 
+def training_forward(model, precision):
+    """What a training step calls: the model itself, or (precision.compile) its torch.compile'd twin.
+
+    The twin shares the model's parameters and buffers, so masks edited in place, loaded states and
+    optimizer steps all reach it; it is built once per model and kept in the model's __dict__ (not
+    as a submodule, so state_dict keys do not change). dynamic=False: one graph for the full batch
+    size; other batch sizes (an epoch's last batch) run eagerly instead of triggering a recompile.
+    """
+    if not precision.compile:
+        return model
+    twin = model.__dict__.get("_bridge_compiled")
+    if twin is None:
+        twin = torch.compile(model, dynamic=False)
+        model.__dict__["_bridge_compiled"] = twin
+    return twin
+
+
 def _prepare(x, y, device, precision):
     x = x.to(device, non_blocking=True)
     if precision.channels_last and x.dim() == 4:
@@ -53,6 +70,7 @@ def train_one_epoch(model, loader, optimizer, device, precision=Precision(), sch
     t0 = time.perf_counter()
     total = len(loader) if max_steps is None else min(len(loader), max_steps)
     waited = [0.0]
+    compiled, compiled_batch = training_forward(model, precision), None
 
     def timed(source):
         iterator = iter(source)
@@ -70,8 +88,10 @@ def train_one_epoch(model, loader, optimizer, device, precision=Precision(), sch
             if max_steps is not None and steps >= max_steps:
                 break
             x, y = _prepare(x, y, device, precision)
+            if compiled_batch is None:
+                compiled_batch = x.shape[0]
             with precision.autocast(device):
-                out = model(x)
+                out = (compiled if x.shape[0] == compiled_batch else model)(x)
                 loss = F.cross_entropy(out, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
