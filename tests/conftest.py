@@ -1,5 +1,7 @@
 """Shared fixtures: small models, tiny data folders, and helpers that run the stage scripts."""
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -12,7 +14,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("BRIDGE_PROGRESS", "0")
 # saliency / SSIM caches of test runs go to a throw-away folder, never into the repository
-os.environ.setdefault("BRIDGE_CACHE_DIR", os.path.join(tempfile.mkdtemp(prefix="bridge-test-cache-")))
+if "BRIDGE_CACHE_DIR" not in os.environ:
+    os.environ["BRIDGE_CACHE_DIR"] = tempfile.mkdtemp(prefix="bridge-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["BRIDGE_CACHE_DIR"], ignore_errors=True)
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
