@@ -72,9 +72,10 @@ def throughput(m_name, batch_size, steps, repeats, device, with_compile):
     return statistics.median(a), statistics.median(b), med_c, t_compile, precision.name
 
 
-def whole_epoch(m_name, data_dir, train_limit, workers, device, with_compile):
-    """One training epoch including data loading: plain fp32 + torchvision DataLoader vs the project's path
-    (eager, and compiled after a separately timed warm-up on two batches)."""
+def whole_epoch(m_name, data_dir, train_limit, workers, device, with_compile, repeats=1):
+    """Training epochs including data loading: plain fp32 + torchvision DataLoader vs the project's path
+    (eager, and compiled after a separately timed warm-up on two batches). With repeats > 1 the paths
+    take turns (plain, ours, ours compiled, plain, ...) and each one's median epoch time is returned."""
     from data.data_loader import data_loader
 
     name = "CIFAR10" if os.path.isdir(os.path.join(data_dir, "cifar10")) else "digits"
@@ -83,25 +84,34 @@ def whole_epoch(m_name, data_dir, train_limit, workers, device, with_compile):
     fast = data_loader(data_dir, dataset=name, backend="tensor", train_limit=train_limit, download=False, device=device)
     torch.manual_seed(0)
     plain = model_loader(m_name).to(device)
-    opt = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    plain.train()
-    t0, n = time.perf_counter(), 0
-    for x, y in classic.train:
-        x, y = x.to(device), y.to(device)
-        loss = F.cross_entropy(plain(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        n += len(y)
-    t_plain = time.perf_counter() - t0
-    times = {}
+    plain_opt = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+
+    def plain_epoch():
+        plain.train()
+        t0, n = time.perf_counter(), 0
+        for x, y in classic.train:
+            x, y = x.to(device), y.to(device)
+            loss = F.cross_entropy(plain(x), y)
+            plain_opt.zero_grad()
+            loss.backward()
+            plain_opt.step()
+            n += len(y)
+        return time.perf_counter() - t0, n
+
+    ours, warm = {}, {}
     for flag in (False, True) if with_compile else (False,):
         precision = resolve_precision("auto", device, compile=flag)
-        ours = to_device(model_loader(m_name), device, precision)
-        opt = torch.optim.SGD(ours.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-        warm = compile_warmup(ours, [next(iter(fast.train))] * 2, precision, device) if flag else 0.0
-        times[precision.name] = (train_one_epoch(ours, fast.train, opt, device, precision).seconds, warm)
-    return name, n, t_plain, times
+        model = to_device(model_loader(m_name), device, precision)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        warm[precision.name] = compile_warmup(model, [next(iter(fast.train))] * 2, precision, device) if flag else 0.0
+        ours[precision.name] = (model, opt, precision)
+    t_plain, times = [], {k: [] for k in ours}
+    for _ in range(repeats):
+        secs, n = plain_epoch()
+        t_plain.append(secs)
+        for key, (model, opt, precision) in ours.items():
+            times[key].append(train_one_epoch(model, fast.train, opt, device, precision).seconds)
+    return name, n, t_plain, {k: (v, warm[k]) for k, v in times.items()}
 
 
 def accuracy_both_ways(epochs, data_dir, train_limit, device, seeds=(0,)):
@@ -130,6 +140,10 @@ def accuracy_both_ways(epochs, data_dir, train_limit, device, seeds=(0,)):
     return data.describe(), rows
 
 
+def _secs(values):
+    return "/".join(f"{v:.1f}" for v in values)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["resnet20", "vgg16"])
@@ -142,6 +156,8 @@ def main():
     p.add_argument("--epoch", action="store_true",
                    help="also time one whole epoch (--train_limit images) including data loading")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain epoch")
+    p.add_argument("--epoch_repeats", type=int, default=1,
+                   help="epochs per path, taking turns; the median is reported (this machine drifts ~10%%)")
     p.add_argument("--data_dir", default="data")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no_compile", action="store_true", help="skip the --compile rows (each compiles for ~30-50 s)")
@@ -158,14 +174,17 @@ def main():
     if args.epoch:
         for m in args.models:
             name, n, t_plain, times = whole_epoch(m, args.data_dir, args.train_limit, args.workers, device,
-                                                  with_compile)
-            print(f"\n{m}, one epoch of {n} {name} training images including data loading:")
-            print(f"  {'plain fp32 + torchvision DataLoader (' + str(args.workers) + ' workers)':<52} {t_plain:7.1f} s  "
-                  f"({n / t_plain:.0f} img/s)")
+                                                  with_compile, args.epoch_repeats)
+            med = statistics.median(t_plain)
+            print(f"\n{m}, one epoch of {n} {name} training images including data loading "
+                  f"(median of {len(t_plain)}, each path's epochs in turn):")
+            print(f"  {'plain fp32 + torchvision DataLoader (' + str(args.workers) + ' workers)':<52} {med:7.1f} s  "
+                  f"({n / med:.0f} img/s)  epochs {_secs(t_plain)}")
             for path, (secs, warm) in times.items():
-                extra = f"  (+ {warm:.1f} s one-time compile before the epoch)" if "compile" in path else ""
-                print(f"  {'ours (' + path + ', in-memory tensors)':<52} {secs:7.1f} s  ({n / secs:.0f} img/s)  "
-                      f"speed-up {t_plain / secs:.2f}x{extra}", flush=True)
+                extra = f"  (+ {warm:.1f} s one-time compile before)" if "compile" in path else ""
+                mine = statistics.median(secs)
+                print(f"  {'ours (' + path + ', in-memory tensors)':<52} {mine:7.1f} s  ({n / mine:.0f} img/s)  "
+                      f"speed-up {med / mine:.2f}x  epochs {_secs(secs)}{extra}", flush=True)
     if args.accuracy_epochs:
         desc, rows = accuracy_both_ways(args.accuracy_epochs, args.data_dir, args.train_limit, device, args.seeds)
         print(f"\nresnet20, {args.accuracy_epochs} epochs, {desc}")
