@@ -100,19 +100,8 @@ done
 
 # the two starts and their targets on the one-shot LAMP curve: "sparsity path target" per line
 CURVE="$WORK/lamp/$M/oneshot"
-STARTS=$($PY - "$CURVE/boundary.json" <<'EOF'
-import json, sys
-b = json.load(open(sys.argv[1]))
-levels = sorted(b["levels"], key=lambda r: r["sparsity"])
-starts = [levels[-1]]
-if b["just_past_knee"] and b["just_past_knee"]["sparsity"] < levels[-1]["sparsity"]:
-    starts.insert(0, next(r for r in levels if r["sparsity"] == b["just_past_knee"]["sparsity"]))
-for s in starts:
-    below = [r for r in levels if r["sparsity"] < s["sparsity"]]
-    if below:
-        print(round(s["sparsity"], 4), s["path"], round(below[-1]["sparsity"], 4))
-EOF
-)
+PLAN=(experiments/study_plan.py)  # the decisions below, read from the stages' JSON files
+STARTS=$($PY "${PLAN[@]}" starts "$CURVE/boundary.json")
 echo "[study] regrowth starts (sparsity, checkpoint, target):"; echo "$STARTS"
 TARGETS=$(echo "$STARTS" | awk '{print $3}' | tr '\n' ' ')
 
@@ -125,7 +114,7 @@ done
 
 # ---- 5. regrowth arms
 regrow() {  # regrow SPARSITY PATH TARGET ALLOCATOR INIT SEED
-  local step; step=$($PY -c "print(round($1 - $3, 6))")
+  local step; step=$($PY "${PLAN[@]}" step "$1" "$3")
   stage "regrow_$1_$4_$5_s$6" $PY regrowth_oneshot.py "${DATA[@]}" "${FT[@]}" --dense_ckpt "$DENSE" \
     --initial_ckpt "$2" --model_sparsity "$1" --regrow_step "$step" --allocator "$4" --init_strategy "$5" \
     --fill_budget --ssim_threshold "$SSIM_THRESHOLD" --fast --mini_finetune_steps "$MINI_STEPS" --mini_finetune_schedule constant --reward_repeats 1 --saliency_batches "$SALIENCY_BATCHES" \
@@ -142,22 +131,13 @@ for line in "${START_LINES[@]}"; do
   done
   # init zero for the allocator with the best mean validation accuracy at this start
   $PY "${REPORT[@]}" --out "$WORK/report_tmp.md" > /dev/null
-  BEST=$($PY - "$WORK/report_tmp.json" "$SPATH" <<'EOF'
-import json, os, sys
-best = json.load(open(sys.argv[1]))["best_allocator"]
-print(next(a for k, a in best.items() if os.path.abspath(k) == os.path.abspath(sys.argv[2])))
-EOF
-)
+  BEST=$($PY "${PLAN[@]}" best-allocator "$WORK/report_tmp.json" "$SPATH")
   echo "[study] best allocator from $S (mean val acc): $BEST"
   for seed in $SEEDS; do regrow "$S" "$SPATH" "$T" "$BEST" zero "$seed"; done
 done
 
 # ---- 6. single-layer analysis at the knee of the one-shot LAMP curve
-read -r S1 S1PATH <<< "$($PY -c "
-import json, sys
-k = json.load(open(sys.argv[1]))['knee']
-print(round(k['sparsity'], 4), k['path']) if k else print(*sys.argv[2].split()[:2])  # no knee: the first start
-" "$CURVE/boundary.json" "$STARTS")"
+read -r S1 S1PATH <<< "$($PY "${PLAN[@]}" single-layer-start "$CURVE/boundary.json")"
 stage single_layer $PY single_layer_regrowth_analysis.py "${DATA[@]}" "${FT[@]}" --dense_ckpt "$DENSE" \
   --initial_ckpt "$S1PATH" --model_sparsity "$S1" --seeds $SINGLE_LAYER_SEEDS --mini_finetune_steps "$MINI_STEPS" \
   --reward_val_subset 2000 --saliency_batches "$SALIENCY_BATCHES" --init_strategy reference --save_dir "$WORK/single_layer"
@@ -191,16 +171,11 @@ cp "$SL/ssim_vs_gain.png" "$SL/correlations.json" "$SL/single_layer.csv" "$RESUL
   echo "knees (find_drop_point.py, validation accuracy; two-segment fit / published residual rule / 1-point tolerance):"
   for P in lamp glob; do
     for C in oneshot iterative; do
-      $PY - "$RESULTS/knee_${P}_${C}.json" "$P $C" <<'EOF'
-import json, sys
-b = json.load(open(sys.argv[1]))
-fmt = lambda k: "none" if k is None else f"{k['sparsity']:.4f} ({k['val_acc']:.2f})"
-print(f"  {sys.argv[2]:>15}: " + ", ".join(f"{n} {fmt(b['knees'][n])}" for n in ("two_segment", "residual", "tolerance")))
-EOF
+      $PY "${PLAN[@]}" knee-line "$RESULTS/knee_${P}_${C}.json" "$P $C"
     done
   done
   echo
-  echo "single-layer SSIM vs gain: $($PY -c "import json; c = json.load(open('$RESULTS/correlations.json')); print(f\"n = {c['n']} layers, Pearson r = {c['pearson_r']:+.3f} (p = {c['pearson_p']:.3g}), Spearman rho = {c['spearman_rho']:+.3f} (p = {c['spearman_p']:.3g})\")")"
+  echo "single-layer SSIM vs gain: $($PY "${PLAN[@]}" correlation-line "$RESULTS/correlations.json")"
   echo
   echo "total wall time of the stages: $(awk -F, 'NR>1{s+=$2} END{print s}' "$TIMES") s (this invocation: $(( $(date +%s) - study_start )) s)"
 } > "$RESULTS/budgets.md"

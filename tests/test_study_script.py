@@ -62,3 +62,22 @@ def test_study_script_on_digits(tmp_path):
     assert "pretrain: done before, skipped" in again
     assert "regrowth_oneshot.py" not in again and "prune_unstructure.py" not in again
     assert "[study] wrote" in out and "[study] wrote" in again
+
+
+def test_study_plan_decisions(capsys):
+    """The study's starts, regrowth step and single-layer start from a boundary file, checked by hand."""
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    import study_plan
+
+    levels = [{"sparsity": s, "path": f"m_{s}.pth"} for s in (0.5, 0.9, 0.95, 0.98)]
+    past = {"levels": levels, "just_past_knee": {"sparsity": 0.95}, "knee": {"sparsity": 0.9, "path": "m_0.9.pth"}}
+    assert study_plan.regrowth_starts(past) == [(0.95, "m_0.95.pth", 0.9), (0.98, "m_0.98.pth", 0.95)]
+    assert study_plan.single_layer_start(past) == (0.9, "m_0.9.pth")
+    # knee at the sparsest level: one start; no knee: the single-layer analysis takes the first start
+    last = {"levels": levels, "just_past_knee": {"sparsity": 0.98}, "knee": None}
+    assert study_plan.regrowth_starts(last) == [(0.98, "m_0.98.pth", 0.95)]
+    assert study_plan.single_layer_start(last) == (0.98, "m_0.98.pth")
+    study_plan.main(["step", "0.98", "0.97"])
+    assert capsys.readouterr().out == "0.01\n"  # not 0.010000000000000009
+    report = {"best_allocator": {"runs/a/m_0.95.pth": "greedy", os.path.abspath("m_0.98.pth"): "rl"}}
+    assert study_plan.best_allocator(report, "m_0.98.pth") == "rl"

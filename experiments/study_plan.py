@@ -1,0 +1,94 @@
+"""The small decisions of experiments/cifar10_cpu.sh, read from the JSON files its stages write.
+
+Each subcommand prints one answer on stdout for the shell script to read:
+
+    starts BOUNDARY_JSON                 "sparsity checkpoint target" per regrowth start: the level just past
+                                         the curve's knee (when it is not the sparsest) and the sparsest level,
+                                         each regrowing to the next less sparse level of the curve
+    step SPARSITY TARGET                 the regrowth step SPARSITY - TARGET (rounded, no float noise)
+    best-allocator REPORT_JSON START     the allocator with the best mean validation accuracy from START
+    single-layer-start BOUNDARY_JSON     "sparsity checkpoint" of the knee, or of the first start without one
+    knee-line KNEE_JSON LABEL            one line of the three knee rules for budgets.md
+    correlation-line CORRELATIONS_JSON   SSIM vs gain correlations for budgets.md
+"""
+import argparse
+import json
+import os
+import sys
+
+
+def _load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def regrowth_starts(boundary):
+    """[(sparsity, path, target sparsity)], least sparse start first."""
+    levels = sorted(boundary["levels"], key=lambda r: r["sparsity"])
+    starts = [levels[-1]]
+    past = boundary.get("just_past_knee")
+    if past and past["sparsity"] < levels[-1]["sparsity"]:
+        starts.insert(0, next(r for r in levels if r["sparsity"] == past["sparsity"]))
+    out = []
+    for s in starts:
+        below = [r for r in levels if r["sparsity"] < s["sparsity"]]
+        if below:
+            out.append((round(s["sparsity"], 4), s["path"], round(below[-1]["sparsity"], 4)))
+    return out
+
+
+def best_allocator(report, start_path):
+    best = report["best_allocator"]
+    return next(a for k, a in best.items() if os.path.abspath(k) == os.path.abspath(start_path))
+
+
+def single_layer_start(boundary):
+    knee = boundary["knee"]
+    if knee:
+        return round(knee["sparsity"], 4), knee["path"]
+    return regrowth_starts(boundary)[0][:2]
+
+
+def knee_line(knees, label):
+    fmt = lambda k: "none" if k is None else f"{k['sparsity']:.4f} ({k['val_acc']:.2f})"  # noqa: E731
+    return f"  {label:>15}: " + ", ".join(f"{n} {fmt(knees['knees'][n])}" for n in ("two_segment", "residual", "tolerance"))
+
+
+def correlation_line(c):
+    return (f"n = {c['n']} layers, Pearson r = {c['pearson_r']:+.3f} (p = {c['pearson_p']:.3g}), "
+            f"Spearman rho = {c['spearman_rho']:+.3f} (p = {c['spearman_p']:.3g})")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("starts").add_argument("boundary")
+    step = sub.add_parser("step")
+    step.add_argument("sparsity", type=float)
+    step.add_argument("target", type=float)
+    best = sub.add_parser("best-allocator")
+    best.add_argument("report")
+    best.add_argument("start")
+    sub.add_parser("single-layer-start").add_argument("boundary")
+    knee = sub.add_parser("knee-line")
+    knee.add_argument("knee_json")
+    knee.add_argument("label")
+    sub.add_parser("correlation-line").add_argument("correlations")
+    a = p.parse_args(argv)
+    if a.cmd == "starts":
+        lines = [" ".join(map(str, s)) for s in regrowth_starts(_load(a.boundary))]
+    elif a.cmd == "step":
+        lines = [str(round(a.sparsity - a.target, 6))]
+    elif a.cmd == "best-allocator":
+        lines = [best_allocator(_load(a.report), a.start)]
+    elif a.cmd == "single-layer-start":
+        lines = [" ".join(map(str, single_layer_start(_load(a.boundary))))]
+    elif a.cmd == "knee-line":
+        lines = [knee_line(_load(a.knee_json), a.label)]
+    else:
+        lines = [correlation_line(_load(a.correlations))]
+    sys.stdout.write("".join(line + "\n" for line in lines))
+
+
+if __name__ == "__main__":
+    main()
