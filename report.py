@@ -79,11 +79,24 @@ def compare(accs, other):
     return ma - mb, pooled, (len(accs) > 1 and len(other) > 1 and abs(ma - mb) > 2 * pooled)
 
 
-def _curve_for(start_ckpt, curves, m_name):
-    """The pruning curve a run started from: its start checkpoint's folder is {m_name}/{curve folder}."""
-    folder = os.path.dirname(os.path.normpath(start_ckpt or ""))
-    name, parent = os.path.basename(folder), os.path.basename(os.path.dirname(folder))
-    return name if name in curves and parent == m_name else None
+def curve_folders(work_dir, m_name, names, prefix=""):
+    """{curve name: resolved folder} for the curves of `work_dir` that load_curves found."""
+    return {prefix + f: os.path.realpath(os.path.join(work_dir, m_name, f)) for f in CURVE_FOLDERS
+            if prefix + f in names}
+
+
+def _curve_for(start_ckpt, folders):
+    """The pruning curve a run started from: the one whose folder holds its start checkpoint (same resolved
+    path, so a start taken from another work dir's curve of the same kind is not matched to this one). A
+    relative path recorded from another working directory is matched by its trailing folder names."""
+    if not start_ckpt:
+        return None
+    folder = os.path.dirname(os.path.normpath(start_ckpt))
+    where = os.path.realpath(folder)
+    exact = next((name for name, f in folders.items() if f == where), None)
+    if exact or os.path.isabs(folder):
+        return exact
+    return next((name for name, f in folders.items() if f.endswith(os.sep + folder)), None)
 
 
 def _args_from_checkpoint(folder):
@@ -149,8 +162,12 @@ def main(args):
     dense_path = args.dense_ckpt or os.path.join(m_dir, "checkpoint", "ckpt.pth")
     dense = read_recorded(dense_path)[1] if os.path.isfile(dense_path) else {}
     curves = load_curves(args.work_dir, args.m_name)
+    folders = curve_folders(args.work_dir, args.m_name, curves)
     for extra in args.curve_dirs:
-        curves.update(load_curves(extra, args.m_name, prefix=os.path.basename(os.path.normpath(extra)) + "/"))
+        prefix = os.path.basename(os.path.normpath(extra)) + "/"
+        more = load_curves(extra, args.m_name, prefix=prefix)
+        curves.update(more)
+        folders.update(curve_folders(extra, args.m_name, more, prefix))
     direct = load_direct(args.direct, args.m_name)
     direct_sorted = sorted(direct.items(), key=lambda kv: str(kv[0]))
     run_dirs = args.runs or [os.path.join(args.work_dir, d) for d in DEFAULT_RUNS]
@@ -177,7 +194,7 @@ def main(args):
     for g in groups:
         first = g[0]
         accs = [r[metric] for r in g]
-        curve_name = _curve_for(first["start_ckpt"], curves, args.m_name)
+        curve_name = _curve_for(first["start_ckpt"], folders)
         ref = ""
         delta = ""
         if curve_name:

@@ -148,6 +148,7 @@ def test_report_groups_seeds(sparse_digits, tmp_path):
     assert "| direct_s0/oneshot | lamp |" in text  # a curve from --curve_dirs, labelled by its folder
     line = next(l for l in text.splitlines() if l.startswith("| oneshot | weights | greedy"))
     assert "(n=2)" in line and "0, 1" in line and "±" in line
+    assert "(oneshot)" in line  # compared with the curve its start came from, not with direct_s0/oneshot
     assert _valid_png(str(tmp_path / "report.png"))
     assert "wrote" in proc.stdout
     # the comparison with the direct arm, recomputed from the runs' own records
@@ -162,3 +163,22 @@ def test_report_groups_seeds(sparse_digits, tmp_path):
     assert group["two_pooled_std"] == pytest.approx(2 * pooled)
     assert group["exceeds_2std"] == (abs(np.mean(regrown) - np.mean(direct_acc)) > 2 * pooled)
     assert summary["best_allocator"] == {group["start_ckpt"]: "greedy"}
+
+
+def test_report_matches_a_run_to_the_curve_folder_of_its_start(tmp_path, monkeypatch):
+    """By resolved folder: a start from another work dir's `oneshot` curve is not this work dir's `oneshot`."""
+    import report
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        (d / "resnet20" / "oneshot").mkdir(parents=True)
+    folders = report.curve_folders(str(a), "resnet20", {"oneshot"})
+    folders.update(report.curve_folders(str(b), "resnet20", {"b/oneshot"}, prefix="b/"))
+    assert report._curve_for(str(a / "resnet20" / "oneshot" / "m.pth"), folders) == "oneshot"
+    assert report._curve_for(str(b / "resnet20" / "oneshot" / "m.pth"), folders) == "b/oneshot"
+    assert report._curve_for(str(tmp_path / "c" / "resnet20" / "oneshot" / "m.pth"), folders) is None
+    assert report._curve_for(None, folders) is None
+    # a relative path recorded elsewhere: its trailing folders decide
+    monkeypatch.chdir(tmp_path / "a")
+    assert report._curve_for(os.path.join("b", "resnet20", "oneshot", "m.pth"), folders) == "b/oneshot"
+    assert report._curve_for(os.path.join("resnet20", "oneshot", "m.pth"), folders) == "oneshot"
