@@ -160,7 +160,7 @@ def main():
                    help="epochs per path, taking turns; the median is reported (this machine drifts ~10%%)")
     p.add_argument("--data_dir", default="data")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--no_compile", action="store_true", help="skip the --compile rows (each compiles for ~30-50 s)")
+    p.add_argument("--no_compile", action="store_true", help="skip the --compile rows (each compiles for ~40-55 s)")
     args = p.parse_args()
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, batch {args.batch_size}")

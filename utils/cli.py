@@ -39,7 +39,7 @@ def add_runtime_args(parser, seed=42):
                    help="auto: bf16 autocast + channels_last where the hardware supports it, else fp32")
     g.add_argument("--compile", action="store_true", default=None,
                    help="run training steps through torch.compile: ~15%% faster resnet20 steps on CPU after a "
-                        "one-time compile of ~30-50 s (also BRIDGE_COMPILE=1); pays off for runs of many minutes")
+                        "one-time compile of ~40-55 s (also BRIDGE_COMPILE=1); pays off for runs of many minutes")
     g.add_argument("--seed", type=int, default=seed)
     return g
 
