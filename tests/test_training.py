@@ -96,3 +96,18 @@ def test_compile_flag_and_environment(monkeypatch):
     assert resolve_precision("fp32", "cpu", parse([]).compile).compile
     net = torch.nn.Linear(2, 2)
     assert training_forward(net, Precision()) is net  # eager unless asked
+
+
+def test_a_failing_compile_ends_with_one_line(tiny_net, monkeypatch):
+    """A backend that cannot compile (as without a C++ compiler) gives a BridgeError naming the cause."""
+    import utils.training as training
+    from utils.errors import BridgeError
+
+    def no_compiler(gm, example_inputs):
+        raise RuntimeError("no working C++ compiler found")
+
+    real = torch.compile
+    monkeypatch.setattr(training.torch, "compile", lambda m, **kw: real(m, backend=no_compiler))
+    with pytest.raises(BridgeError, match="--compile failed .*no working C\\+\\+ compiler found.*without --compile"):
+        train_one_epoch(tiny_net, _toy_data(32), torch.optim.SGD(tiny_net.parameters(), lr=0.1), "cpu",
+                        Precision(compile=True))

@@ -5,6 +5,7 @@ Every stage trains through these functions, so the fast path (bf16 autocast + ch
 the run with `NonFiniteLossError`) apply everywhere. Model selection uses the validation loader;
 the test set is only ever reported.
 """
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from utils.errors import NonFiniteLossError
+from utils.errors import BridgeError, NonFiniteLossError
 from utils.progress import bar, log
 from utils.runtime import Precision
 
@@ -34,6 +35,23 @@ def training_forward(model, precision):
         twin = torch.compile(model, dynamic=False)
         model.__dict__["_bridge_compiled"] = twin
     return twin
+
+
+@contextlib.contextmanager
+def _explain_compile_failure(precision):
+    """A compile that cannot run here (no C++ compiler, an unsupported op) ends with one line, not a trace."""
+    if not precision.compile:
+        yield
+        return
+    import torch._dynamo.exc
+    import torch._inductor.exc
+
+    try:
+        yield
+    except (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InvalidCxxCompiler) as err:
+        inner = getattr(err, "inner_exception", None) or err
+        first = next((line.strip() for line in str(inner).splitlines() if line.strip()), "")
+        raise BridgeError(f"--compile failed ({type(inner).__name__}: {first}); run without --compile") from err
 
 
 def _prepare(x, y, device, precision):
@@ -83,7 +101,8 @@ def train_one_epoch(model, loader, optimizer, device, precision=Precision(), sch
             waited[0] += time.perf_counter() - t
             yield batch
 
-    with bar(timed(loader), total=total, desc=desc, leave=False, unit="batch") as it:
+    with bar(timed(loader), total=total, desc=desc, leave=False, unit="batch") as it, \
+            _explain_compile_failure(precision):
         for x, y in it:
             if max_steps is not None and steps >= max_steps:
                 break
