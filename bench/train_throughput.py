@@ -25,17 +25,24 @@ from utils.runtime import Precision, resolve_precision, set_seed, to_device  # n
 from utils.training import train_one_epoch  # noqa: E402
 
 
-def plain_steps(model, batches, lr=0.1):
-    """The reference: fp32, default memory layout, a textbook SGD loop."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+def plain_loop(model, batches, opt, device):
+    """The reference: fp32, default memory layout, a textbook SGD loop. Returns (seconds, images)."""
     model.train()
-    t0 = time.perf_counter()
+    t0, n = time.perf_counter(), 0
     for x, y in batches:
+        x, y = x.to(device), y.to(device)
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return sum(len(y) for _, y in batches) / (time.perf_counter() - t0)
+        n += len(y)
+    return time.perf_counter() - t0, n
+
+
+def plain_steps(model, batches, lr=0.1):
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    secs, n = plain_loop(model, batches, opt, next(model.parameters()).device)
+    return n / secs
 
 
 def project_steps(model, batches, precision, device):
@@ -85,19 +92,6 @@ def whole_epoch(m_name, data_dir, train_limit, workers, device, with_compile, re
     torch.manual_seed(0)
     plain = model_loader(m_name).to(device)
     plain_opt = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-
-    def plain_epoch():
-        plain.train()
-        t0, n = time.perf_counter(), 0
-        for x, y in classic.train:
-            x, y = x.to(device), y.to(device)
-            loss = F.cross_entropy(plain(x), y)
-            plain_opt.zero_grad()
-            loss.backward()
-            plain_opt.step()
-            n += len(y)
-        return time.perf_counter() - t0, n
-
     ours, warm = {}, {}
     for flag in (False, True) if with_compile else (False,):
         precision = resolve_precision("auto", device, compile=flag)
@@ -107,7 +101,7 @@ def whole_epoch(m_name, data_dir, train_limit, workers, device, with_compile, re
         ours[precision.name] = (model, opt, precision)
     t_plain, times = [], {k: [] for k in ours}
     for _ in range(repeats):
-        secs, n = plain_epoch()
+        secs, n = plain_loop(plain, classic.train, plain_opt, device)
         t_plain.append(secs)
         for key, (model, opt, precision) in ours.items():
             times[key].append(train_one_epoch(model, fast.train, opt, device, precision).seconds)

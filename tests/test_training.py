@@ -71,10 +71,9 @@ def test_compiled_training_matches_eager_and_respects_masks(tiny_net):
                 mask = masked_modules(net)[1][1].weight_mask
                 mask.view(-1)[: mask.numel() // 2] = 0
         torch.manual_seed(epoch)
-        a = train_one_epoch(twin, data, opt_a := torch.optim.SGD(twin.parameters(), lr=0.1), "cpu", eager_p)
+        a = train_one_epoch(twin, data, torch.optim.SGD(twin.parameters(), lr=0.1), "cpu", eager_p)
         b = train_one_epoch(tiny_net, data, torch.optim.SGD(tiny_net.parameters(), lr=0.1), "cpu", compiled_p)
         assert b.loss == pytest.approx(a.loss, rel=1e-4, abs=1e-5) and b.steps == a.steps == 6
-        del opt_a
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     assert list(tiny_net.state_dict()) == keys
     for (_, m), (_, r) in zip(masked_modules(tiny_net), masked_modules(twin)):

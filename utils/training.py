@@ -20,20 +20,34 @@ from utils.runtime import Precision
 _CHECK_EVERY = 25  # steps between host-side NaN checks (each check is a device sync)
 
 
+class _CompiledTwin:
+    """The model's torch.compile'd twin for the batch size it first sees; other sizes run the model eagerly.
+
+    dynamic=False: one graph for the full batch size; an epoch's last, smaller batch (or a loader with
+    another batch size later in the process) runs eagerly instead of triggering a recompile.
+    """
+
+    def __init__(self, model):
+        self.model, self.compiled, self.batch = model, torch.compile(model, dynamic=False), None
+
+    def __call__(self, x):
+        if self.batch is None:
+            self.batch = x.shape[0]
+        return (self.compiled if x.shape[0] == self.batch else self.model)(x)
+
+
 def training_forward(model, precision):
-    """What a training step calls: the model itself, or (precision.compile) its torch.compile'd twin.
+    """What a training step calls: the model itself, or (precision.compile) its compiled twin.
 
     The twin shares the model's parameters and buffers, so masks edited in place, loaded states and
     optimizer steps all reach it; it is built once per model and kept in the model's __dict__ (not
-    as a submodule, so state_dict keys do not change). dynamic=False: one graph for the full batch
-    size; other batch sizes (an epoch's last batch) run eagerly instead of triggering a recompile.
+    as a submodule, so state_dict keys do not change).
     """
     if not precision.compile:
         return model
     twin = model.__dict__.get("_bridge_compiled")
     if twin is None:
-        twin = torch.compile(model, dynamic=False)
-        model.__dict__["_bridge_compiled"] = twin
+        twin = model.__dict__["_bridge_compiled"] = _CompiledTwin(model)
     return twin
 
 
@@ -88,7 +102,7 @@ def train_one_epoch(model, loader, optimizer, device, precision=Precision(), sch
     t0 = time.perf_counter()
     total = len(loader) if max_steps is None else min(len(loader), max_steps)
     waited = [0.0]
-    compiled, compiled_batch = training_forward(model, precision), None
+    forward = training_forward(model, precision)
 
     def timed(source):
         iterator = iter(source)
@@ -107,10 +121,8 @@ def train_one_epoch(model, loader, optimizer, device, precision=Precision(), sch
             if max_steps is not None and steps >= max_steps:
                 break
             x, y = _prepare(x, y, device, precision)
-            if compiled_batch is None:
-                compiled_batch = x.shape[0]
             with precision.autocast(device):
-                out = (compiled if x.shape[0] == compiled_batch else model)(x)
+                out = forward(x)
                 loss = F.cross_entropy(out, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
