@@ -285,32 +285,38 @@ class TensorLoader:
             idx = order[start:start + self.batch_size]
             if self.drop_last and len(idx) < self.batch_size:
                 break
-            x = self.images[idx].float().div_(255.0)
-            if self.augment:
+            x = self.images[idx]
+            if self.augment:  # on the uint8 images: a quarter of the bytes to move, the same values after
                 x = augment_batch(x, self.spec, gen)
-            yield (x - self.mean) / self.std, self.labels[idx]
+            yield (x.float().div_(255.0) - self.mean) / self.std, self.labels[idx]
 
 
 def augment_batch(x, spec, generator):
     """Random crop with zero padding and random horizontal flip, per sample, as batched tensor ops.
 
-    Same distribution as torchvision's RandomCrop(size, padding) + RandomHorizontalFlip(0.5).
+    Same distribution as torchvision's RandomCrop(size, padding) + RandomHorizontalFlip(0.5). Any
+    dtype (the loader crops uint8 images). Per batch it draws the row offsets, the column offsets,
+    then the flips from `generator`; crop and flip are one gather from the padded images.
     """
     b, c, h, w = x.shape
     p = spec.crop_padding
     dev = x.device
+    if not p and not spec.flip:
+        return x
     if p > 0:
-        padded = F.pad(x, (p, p, p, p))
+        x = F.pad(x, (p, p, p, p))
         oy = torch.randint(0, 2 * p + 1, (b,), generator=generator).to(dev)
         ox = torch.randint(0, 2 * p + 1, (b,), generator=generator).to(dev)
-        rows = (oy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
-        cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, None, :]
-        x = padded[torch.arange(b, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
-                   rows, cols]
+    else:
+        oy = ox = torch.zeros(b, dtype=torch.long, device=dev)
+    cols = torch.arange(w, device=dev).expand(b, w)
     if spec.flip:
         flip = (torch.rand(b, generator=generator) < 0.5).to(dev)
-        x = torch.where(flip[:, None, None, None], x.flip(3), x)
-    return x
+        cols = torch.where(flip[:, None], w - 1 - cols, cols)
+    # flat source index of output pixel (i, j) of sample k: (oy_k + i) * padded width + ox_k + col_k(j)
+    index = ((oy[:, None] + torch.arange(h, device=dev)) * (w + 2 * p))[:, :, None] + (ox[:, None] + cols)[:, None, :]
+    index = index.view(b, 1, h * w).expand(b, c, h * w)
+    return x.reshape(b, c, -1).gather(2, index).view(b, c, h, w)
 
 
 class EpochShuffleSampler(torch.utils.data.Sampler):

@@ -148,6 +148,25 @@ def test_batched_augmentation_matches_torchvision_outcomes():
     assert [type(t).__name__ for t in tv.transforms][:2] == ["RandomCrop", "RandomHorizontalFlip"]
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_batched_augmentation_equals_per_sample_crops_from_the_same_draws(dtype):
+    """The batched gather is exactly a per-sample pad-crop-flip driven by the documented draw order
+    (row offsets, column offsets, flips), so batches do not depend on the implementation or dtype."""
+    spec = SPECS["CIFAR10"]
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8).to(dtype)
+    out = augment_batch(x, spec, torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    oy = torch.randint(0, 9, (64,), generator=g)
+    ox = torch.randint(0, 9, (64,), generator=g)
+    flip = torch.rand(64, generator=g) < 0.5
+    for k in range(64):
+        crop = torch.nn.functional.pad(x[k], (4, 4, 4, 4))[:, oy[k]:oy[k] + 32, ox[k]:ox[k] + 32]
+        assert torch.equal(out[k], crop.flip(2) if flip[k] else crop), k
+    assert out.dtype == dtype
+    assert torch.equal(augment_batch(x.float(), spec, torch.Generator().manual_seed(7)), out.float())
+
+
 def test_tensor_loader_epochs_are_reproducible():
     x = torch.randint(0, 256, (50, 3, 32, 32), dtype=torch.uint8)
     y = torch.arange(50)
