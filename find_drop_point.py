@@ -55,7 +55,7 @@ def get_args_parser():
     g.add_argument("--latency_batch", type=int, default=1)
     p.add_argument("--trust_pickle", action="store_true")
     cli.add_data_args(p)
-    cli.add_runtime_args(p)
+    cli.add_runtime_args(p, trains=False)
     return p
 
 

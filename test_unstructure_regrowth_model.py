@@ -49,7 +49,7 @@ def get_args_parser():
                    help="rewrite the checkpoints (e.g. the published formats) in this project's format into OUT_DIR, "
                         "then exit (needs --m_name for files that do not record their model)")
     cli.add_data_args(p)
-    cli.add_runtime_args(p)
+    cli.add_runtime_args(p, trains=False)
     return p
 
 

@@ -97,6 +97,26 @@ def test_compile_flag_and_environment(monkeypatch):
     assert training_forward(net, Precision()) is net  # eager unless asked
 
 
+def test_compile_is_offered_only_where_training_steps_run():
+    """--compile exists on every script that trains; the evaluation-only ones (and the fp32-only saliency
+    analysis, which also has no --precision) reject it instead of silently ignoring it."""
+    import importlib
+
+    def options(module):
+        parser = importlib.import_module(module).get_args_parser()
+        return {s for a in parser._actions for s in a.option_strings}, parser
+
+    for module in ("pretrain", "prune_unstructure", "prune_structure", "regrowth_oneshot", "regrowth_iterative",
+                   "regrowth_structure_oneshot", "regrowth_structure_iterative", "single_layer_regrowth_analysis"):
+        assert "--compile" in options(module)[0], module
+    for module in ("find_drop_point", "test_unstructure_regrowth_model", "utils.saliency_analysis"):
+        opts, parser = options(module)
+        assert "--compile" not in opts and "--device" in opts, module
+        assert parser.get_default("compile") is False, module
+    assert "--precision" not in options("utils.saliency_analysis")[0]
+    assert "--precision" in options("find_drop_point")[0]
+
+
 def test_a_failing_compile_ends_with_one_line(tiny_net, monkeypatch):
     """A backend that cannot compile (as without a C++ compiler) gives a BridgeError naming the cause."""
     import utils.training as training

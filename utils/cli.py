@@ -30,16 +30,25 @@ def add_data_args(parser, dataset="CIFAR10", batch_size=128):
     return g
 
 
-def add_runtime_args(parser, seed=42):
+def add_runtime_args(parser, seed=42, trains=True, precision=True):
+    """--device, --seed, --precision (unless a script always computes in fp32: precision=False) and,
+    for scripts that train (trains=True), --compile.
+
+    An evaluation-only script gets args.compile = False: compiling only speeds up training steps.
+    """
     from utils.runtime import DEVICE_CHOICES, PRECISION_CHOICES
 
     g = parser.add_argument_group("runtime")
     g.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} (or cuda:N)")
-    g.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
-                   help="auto: bf16 autocast + channels_last where the hardware supports it, else fp32")
-    g.add_argument("--compile", action="store_true", default=None,
-                   help="run training steps through torch.compile: ~15%% faster resnet20 steps on CPU after a "
-                        "one-time compile of ~40-55 s (also BRIDGE_COMPILE=1); pays off for runs of many minutes")
+    if precision:
+        g.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
+                       help="auto: bf16 autocast + channels_last where the hardware supports it, else fp32")
+    if trains:
+        g.add_argument("--compile", action="store_true", default=None,
+                       help="run training steps through torch.compile: ~15%% faster resnet20 steps on CPU after a "
+                            "one-time compile of ~40-55 s (also BRIDGE_COMPILE=1); pays off for runs of many minutes")
+    else:
+        parser.set_defaults(compile=False)
     g.add_argument("--seed", type=int, default=seed)
     return g
 

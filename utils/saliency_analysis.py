@@ -156,7 +156,7 @@ def get_args_parser():
     p.add_argument("--out_dir", default=None, help="default {work_dir}/{m_name}/saliency_analysis")
     p.add_argument("--trust_pickle", action="store_true")
     cli.add_data_args(p, batch_size=128)
-    cli.add_runtime_args(p)
+    cli.add_runtime_args(p, trains=False, precision=False)  # Hessian-vector products in fp32
     return p
 
 
