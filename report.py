@@ -50,12 +50,16 @@ def get_args_parser():
     return p
 
 
+def _curve_dir(work_dir, m_name, folder):
+    return os.path.join(work_dir, m_name, folder)
+
+
 def load_curves(work_dir, m_name, prefix=""):
     """{prefix + folder name: rows sorted by sparsity} of the pruning logs (newest row per level)."""
     curves = {}
     for folder in CURVE_FOLDERS:
         latest = {}
-        for r in read_jsonl(os.path.join(work_dir, m_name, folder, "prune_log.jsonl")):
+        for r in read_jsonl(os.path.join(_curve_dir(work_dir, m_name, folder), "prune_log.jsonl")):
             latest[(r.get("pruner"), r["key"])] = r
         if latest:
             curves[prefix + folder] = sorted(latest.values(), key=lambda r: r["sparsity"])
@@ -81,7 +85,7 @@ def compare(accs, other):
 
 def curve_folders(work_dir, m_name, names, prefix=""):
     """{curve name: resolved folder} for the curves of `work_dir` that load_curves found."""
-    return {prefix + f: os.path.realpath(os.path.join(work_dir, m_name, f)) for f in CURVE_FOLDERS
+    return {prefix + f: os.path.realpath(_curve_dir(work_dir, m_name, f)) for f in CURVE_FOLDERS
             if prefix + f in names}
 
 
