@@ -3,6 +3,9 @@
 The loops run the same model on the same in-memory batches, interleaved (plain, ours, ours with
 --compile, plain, ...) so that machine drift hits all alike; the median images/s of each is reported
 with the ratio. The compiled loop's one-time compile (first steps) is timed and printed apart.
+The plain loop runs in a child process started with the interpreter's defaults, because the project's
+loop changes a process-wide setting (glibc keeps freed blocks: utils.runtime.keep_freed_host_memory);
+`--plain_in_process` runs it in this process instead, with that setting, to show what it alone gives.
 `--accuracy_epochs N` also trains resnet20 for N epochs both ways on a CIFAR-10 subset (or digits)
 and prints the val accuracy each reaches, to show the fast path loses no accuracy.
 
@@ -11,6 +14,7 @@ and prints the val accuracy each reaches, to show the fast path loses no accurac
     python bench/train_throughput.py --models resnet20 --accuracy_epochs 5 --data_dir data
 """
 import argparse
+import multiprocessing
 import os
 import statistics
 import sys
@@ -21,7 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from models import model_loader  # noqa: E402
-from utils.runtime import Precision, resolve_precision, set_seed, to_device  # noqa: E402
+from utils.runtime import Precision, keep_freed_host_memory, resolve_precision, set_seed, to_device  # noqa: E402,E501
 from utils.training import train_one_epoch  # noqa: E402
 
 
@@ -45,6 +49,83 @@ def plain_steps(model, batches, lr=0.1):
     return n / secs
 
 
+def random_batches(batch_size, steps):
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randn(batch_size, 3, 32, 32, generator=g), torch.randint(0, 10, (batch_size,), generator=g))
+            for _ in range(steps)]
+
+
+class PlainLoop:
+    """The plain loop's models, batches and DataLoaders, built on first use and kept between repeats."""
+
+    def __init__(self, device):
+        self.device, self.kept = torch.device(device), {}
+
+    def steps(self, m_name, batch_size, steps):
+        """images/s of `steps` plain steps on fixed random batches (a warm-up runs once first)."""
+        key = ("steps", m_name, batch_size, steps)
+        if key not in self.kept:
+            model, batches = model_loader(m_name).to(self.device), random_batches(batch_size, steps)
+            plain_steps(model, batches[:2])  # warm-up (allocators, oneDNN primitive caches)
+            self.kept[key] = model, batches
+        return plain_steps(*self.kept[key])
+
+    def epoch(self, m_name, data_dir, dataset, train_limit, workers):
+        """(seconds, images) of one plain epoch fed by the torchvision-transform DataLoader."""
+        from data.data_loader import data_loader
+
+        key = ("epoch", m_name, data_dir, dataset, train_limit, workers)
+        if key not in self.kept:
+            classic = data_loader(data_dir, dataset=dataset, backend="loader", num_workers=workers,
+                                  train_limit=train_limit, download=False)
+            torch.manual_seed(0)
+            model = model_loader(m_name).to(self.device)
+            opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+            self.kept[key] = model, classic.train, opt
+        model, loader, opt = self.kept[key]
+        return plain_loop(model, loader, opt, self.device)
+
+    def close(self):
+        self.kept.clear()
+
+
+def _serve_plain_loop(conn, device, threads):
+    torch.set_num_threads(threads)
+    loop = PlainLoop(device)
+    for method, args in iter(conn.recv, None):
+        conn.send(getattr(loop, method)(*args))
+
+
+class PlainLoopProcess:
+    """PlainLoop in a spawned child process: a fresh interpreter with default settings, as a user's loop
+    would run. Each call blocks until the child answers, so the two processes never run at once."""
+
+    def __init__(self, device):
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        # Not a daemon: the child's DataLoader starts worker processes of its own.
+        self.proc = ctx.Process(target=_serve_plain_loop, args=(child, str(device), torch.get_num_threads()))
+        self.proc.start()
+        child.close()
+
+    def _call(self, method, *args):
+        self.conn.send((method, args))
+        return self.conn.recv()
+
+    def steps(self, *args):
+        return self._call("steps", *args)
+
+    def epoch(self, *args):
+        return self._call("epoch", *args)
+
+    def close(self):
+        if self.proc.is_alive():
+            self.conn.send(None)
+        self.proc.join(timeout=30)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
 def project_steps(model, batches, precision, device):
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     return train_one_epoch(model, batches, opt, device, precision).images_per_s
@@ -57,21 +138,17 @@ def compile_warmup(model, batches, precision, device):
     return time.perf_counter() - t0
 
 
-def throughput(m_name, batch_size, steps, repeats, device, with_compile):
+def throughput(plain, m_name, batch_size, steps, repeats, device, with_compile):
     precision = resolve_precision("auto", device, compile=False)
     compiled = resolve_precision("auto", device, compile=True)
-    g = torch.Generator().manual_seed(0)
-    batches = [(torch.randn(batch_size, 3, 32, 32, generator=g), torch.randint(0, 10, (batch_size,), generator=g))
-               for _ in range(steps)]
-    plain = model_loader(m_name).to(device)
+    batches = random_batches(batch_size, steps)
     ours = to_device(model_loader(m_name), device, precision)
     ours_c = to_device(model_loader(m_name), device, compiled) if with_compile else None
-    plain_steps(plain, batches[:2])  # warm-up (allocators, oneDNN primitive caches)
-    project_steps(ours, batches[:2], precision, device)
+    project_steps(ours, batches[:2], precision, device)  # warm-up (allocators, oneDNN primitive caches)
     t_compile = compile_warmup(ours_c, batches, compiled, device) if with_compile else float("nan")
     a, b, c = [], [], []
     for _ in range(repeats):
-        a.append(plain_steps(plain, batches))
+        a.append(plain.steps(m_name, batch_size, steps))
         b.append(project_steps(ours, batches, precision, device))
         if with_compile:
             c.append(project_steps(ours_c, batches, compiled, device))
@@ -79,19 +156,14 @@ def throughput(m_name, batch_size, steps, repeats, device, with_compile):
     return statistics.median(a), statistics.median(b), med_c, t_compile, precision.name
 
 
-def whole_epoch(m_name, data_dir, train_limit, workers, device, with_compile, repeats=1):
+def whole_epoch(plain, m_name, data_dir, train_limit, workers, device, with_compile, repeats=1):
     """Training epochs including data loading: plain fp32 + torchvision DataLoader vs the project's path
     (eager, and compiled after a separately timed warm-up on two batches). With repeats > 1 the paths
     take turns (plain, ours, ours compiled, plain, ...) and each one's median epoch time is returned."""
     from data.data_loader import data_loader
 
     name = "CIFAR10" if os.path.isdir(os.path.join(data_dir, "cifar10")) else "digits"
-    classic = data_loader(data_dir, dataset=name, backend="loader", num_workers=workers, train_limit=train_limit,
-                          download=False)
     fast = data_loader(data_dir, dataset=name, backend="tensor", train_limit=train_limit, download=False, device=device)
-    torch.manual_seed(0)
-    plain = model_loader(m_name).to(device)
-    plain_opt = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     ours, warm = {}, {}
     for flag in (False, True) if with_compile else (False,):
         precision = resolve_precision("auto", device, compile=flag)
@@ -101,7 +173,7 @@ def whole_epoch(m_name, data_dir, train_limit, workers, device, with_compile, re
         ours[precision.name] = (model, opt, precision)
     t_plain, times = [], {k: [] for k in ours}
     for _ in range(repeats):
-        secs, n = plain_loop(plain, classic.train, plain_opt, device)
+        secs, n = plain.epoch(m_name, data_dir, name, train_limit, workers)
         t_plain.append(secs)
         for key, (model, opt, precision) in ours.items():
             times[key].append(train_one_epoch(model, fast.train, opt, device, precision).seconds)
@@ -155,19 +227,36 @@ def main():
     p.add_argument("--data_dir", default="data")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no_compile", action="store_true", help="skip the --compile rows (each compiles for ~40-55 s)")
+    p.add_argument("--plain_in_process", action="store_true",
+                   help="run the plain loop in this process, with the allocator setting the project's loop makes "
+                        "(default: in a child process with the interpreter's defaults)")
     args = p.parse_args()
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, batch {args.batch_size}")
+    if args.plain_in_process:
+        kept = device.type == "cpu" and keep_freed_host_memory()
+        plain = PlainLoop(device)
+        print(f"plain loop: in this process ({'glibc keeps freed blocks' if kept else 'default allocator'})")
+    else:
+        plain = PlainLoopProcess(device)
+        print("plain loop: in a child process with the interpreter's defaults")
+    try:
+        run_all(args, device, plain)
+    finally:
+        plain.close()
+
+
+def run_all(args, device, plain):
     with_compile = not args.no_compile
     print(f"{'model':<10} {'plain fp32 img/s':>17} {'ours path':>22} {'ours img/s':>11} {'speed-up':>9}"
           + (f" {'+compile img/s':>15} {'speed-up':>9} {'compile s':>10}" if with_compile else ""))
     for m in args.models:
-        a, b, c, t_c, name = throughput(m, args.batch_size, args.steps, args.repeats, device, with_compile)
+        a, b, c, t_c, name = throughput(plain, m, args.batch_size, args.steps, args.repeats, device, with_compile)
         print(f"{m:<10} {a:>17.0f} {name:>22} {b:>11.0f} {b / a:>8.2f}x"
               + (f" {c:>15.0f} {c / a:>8.2f}x {t_c:>10.1f}" if with_compile else ""), flush=True)
     if args.epoch:
         for m in args.models:
-            name, n, t_plain, times = whole_epoch(m, args.data_dir, args.train_limit, args.workers, device,
+            name, n, t_plain, times = whole_epoch(plain, m, args.data_dir, args.train_limit, args.workers, device,
                                                   with_compile, args.epoch_repeats)
             med = statistics.median(t_plain)
             print(f"\n{m}, one epoch of {n} {name} training images including data loading "

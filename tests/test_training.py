@@ -130,3 +130,48 @@ def test_a_failing_compile_ends_with_one_line(tiny_net, monkeypatch):
     with pytest.raises(BridgeError, match="--compile failed .*no working C\\+\\+ compiler found.*without --compile"):
         train_one_epoch(tiny_net, _toy_data(32), torch.optim.SGD(tiny_net.parameters(), lr=0.1), "cpu",
                         Precision(compile=True))
+
+
+_FAULTS_PROBE = r"""
+import json, resource, sys
+import torch
+sys.path.insert(0, sys.argv[1])
+import utils.runtime as runtime
+from utils.training import train_one_epoch
+
+def faults_per_cycle(cycles=4, floats=16 << 20):  # 64 MiB, allocated, touched and freed each cycle
+    torch.ones(floats)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(cycles):
+        torch.ones(floats)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / cycles
+
+default = faults_per_cycle()
+net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
+data = [(torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 0, 1]))]
+train_one_epoch(net, data, torch.optim.SGD(net.parameters(), lr=0.1), "cpu")
+print(json.dumps({"default": default, "kept": runtime._freed_memory_kept, "after": faults_per_cycle()}))
+"""
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="the allocator setting is glibc's")
+@pytest.mark.parametrize("env", ["", "0"])
+def test_cpu_training_keeps_freed_blocks_so_buffers_stop_faulting(env):
+    """A 64 MiB buffer freed and allocated again costs ~16k page faults with glibc's defaults (it is
+    unmapped each time); once a CPU training epoch has run, the process keeps it and the faults stop.
+    BRIDGE_KEEP_FREED_MEMORY=0 leaves the allocator alone. Fresh interpreters: the setting is process-wide."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    environ = dict(__import__("os").environ, BRIDGE_KEEP_FREED_MEMORY=env or "1")
+    out = subprocess.run([sys.executable, "-c", _FAULTS_PROBE, ROOT], capture_output=True, text=True, env=environ,
+                         check=True).stdout
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got["default"] > 8000  # 16,384 pages of 4 KiB are mapped and touched again each cycle
+    if env == "0":
+        assert got["kept"] is False and got["after"] > 8000
+    else:
+        assert got["kept"] is True and got["after"] < 100

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from utils.errors import BridgeError, NonFiniteLossError
 from utils.progress import bar, log
-from utils.runtime import Precision
+from utils.runtime import Precision, keep_freed_host_memory
 
 _CHECK_EVERY = 25  # steps between host-side NaN checks (each check is a device sync)
 
@@ -96,6 +96,8 @@ def train_one_epoch(model, loader, optimizer, device, precision=Precision(), sch
     Returns EpochStats; raises NonFiniteLossError on a NaN/inf loss.
     """
     model.train()
+    if torch.device(device).type == "cpu":
+        keep_freed_host_memory()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     samples = steps = 0
@@ -149,6 +151,8 @@ def evaluate(model, loader, device, precision=Precision(), max_batches=None):
     """(accuracy %, mean cross-entropy) of `model` on `loader`, in eval mode."""
     was_training = model.training
     model.eval()
+    if torch.device(device).type == "cpu":
+        keep_freed_host_memory()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     n = 0
