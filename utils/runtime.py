@@ -76,7 +76,7 @@ def keep_freed_host_memory():
 
     By default glibc serves large blocks with mmap and hands freed ones back to the kernel (munmap,
     heap trimming), so every CPU training step maps its activation buffers afresh and touches them
-    page by page: 4,000-7,000 page faults per resnet20/CIFAR step on the 2-core CPU this was measured
+    page by page: 2,000-7,000 page faults per resnet20/CIFAR step on the 2-core CPU this was measured
     on, and a 16-channel convolution took 1.5 ms instead of 0.5 ms because its output buffer was new.
     Keeping the blocks (the allocator tuning Intel's PyTorch CPU guide gets from jemalloc/tcmalloc)
     makes the steps ~5 % faster (bench/train_throughput.py); the cost is that the process's resident
