@@ -139,12 +139,13 @@ sys.path.insert(0, sys.argv[1])
 import utils.runtime as runtime
 from utils.training import train_one_epoch
 
-def faults_per_cycle(cycles=4, floats=16 << 20):  # 64 MiB, allocated, touched and freed each cycle
-    torch.ones(floats)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def faults_per_cycle(cycles=6, floats=16 << 20):  # a 64 MiB buffer allocated, touched and freed each cycle
+    counts = []
     for _ in range(cycles):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         torch.ones(floats)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / cycles
+        counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return counts
 
 default = faults_per_cycle()
 net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
@@ -157,9 +158,10 @@ print(json.dumps({"default": default, "kept": runtime._freed_memory_kept, "after
 @pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="the allocator setting is glibc's")
 @pytest.mark.parametrize("env", ["", "0"])
 def test_cpu_training_keeps_freed_blocks_so_buffers_stop_faulting(env):
-    """A 64 MiB buffer freed and allocated again costs ~16k page faults with glibc's defaults (it is
-    unmapped each time); once a CPU training epoch has run, the process keeps it and the faults stop.
-    BRIDGE_KEEP_FREED_MEMORY=0 leaves the allocator alone. Fresh interpreters: the setting is process-wide."""
+    """A 64 MiB buffer freed and allocated again costs ~16k page faults every time with glibc's defaults
+    (it is unmapped on free); once a CPU training epoch has run, the process keeps the block, so after the
+    heap has grown to hold it (the first cycle or two) the faults stop. BRIDGE_KEEP_FREED_MEMORY=0 leaves
+    the allocator alone. Fresh interpreters, because the setting is process-wide."""
     import json
     import subprocess
     import sys
@@ -170,8 +172,8 @@ def test_cpu_training_keeps_freed_blocks_so_buffers_stop_faulting(env):
     out = subprocess.run([sys.executable, "-c", _FAULTS_PROBE, ROOT], capture_output=True, text=True, env=environ,
                          check=True).stdout
     got = json.loads(out.strip().splitlines()[-1])
-    assert got["default"] > 8000  # 16,384 pages of 4 KiB are mapped and touched again each cycle
+    assert min(got["default"]) > 8000, got  # 16,384 pages of 4 KiB mapped and touched again each cycle
     if env == "0":
-        assert got["kept"] is False and got["after"] > 8000
+        assert got["kept"] is False and min(got["after"]) > 8000, got
     else:
-        assert got["kept"] is True and got["after"] < 100
+        assert got["kept"] is True and sum(got["after"][3:]) < 100, got

@@ -78,9 +78,9 @@ def keep_freed_host_memory():
     heap trimming), so every CPU training step maps its activation buffers afresh and touches them
     page by page: 2,000-7,000 page faults per resnet20/CIFAR step on the 2-core CPU this was measured
     on, and a 16-channel convolution took 1.5 ms instead of 0.5 ms because its output buffer was new.
-    Keeping the blocks (the allocator tuning Intel's PyTorch CPU guide gets from jemalloc/tcmalloc)
-    makes the steps ~5 % faster (bench/train_throughput.py); the cost is that the process's resident
-    memory stays at its peak. Process-wide and idempotent; a no-op outside glibc and when
+    Keeping the blocks (what a preloaded jemalloc or tcmalloc would also do, without the dependency)
+    made compiled steps 3-9 % faster (README, Speed); the cost is that the process's resident memory
+    stays at its peak. Process-wide and idempotent; a no-op outside glibc and when
     BRIDGE_KEEP_FREED_MEMORY=0. Returns whether the setting is in force.
     """
     global _freed_memory_kept
