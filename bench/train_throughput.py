@@ -234,7 +234,7 @@ def main():
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, batch {args.batch_size}")
     if args.plain_in_process:
-        kept = device.type == "cpu" and keep_freed_host_memory()
+        kept = keep_freed_host_memory(device)
         plain = PlainLoop(device)
         print(f"plain loop: in this process ({'glibc keeps freed blocks' if kept else 'default allocator'})")
     else:

@@ -96,8 +96,7 @@ def train_one_epoch(model, loader, optimizer, device, precision=Precision(), sch
     Returns EpochStats; raises NonFiniteLossError on a NaN/inf loss.
     """
     model.train()
-    if torch.device(device).type == "cpu":
-        keep_freed_host_memory()
+    keep_freed_host_memory(device)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     samples = steps = 0
@@ -151,8 +150,7 @@ def evaluate(model, loader, device, precision=Precision(), max_batches=None):
     """(accuracy %, mean cross-entropy) of `model` on `loader`, in eval mode."""
     was_training = model.training
     model.eval()
-    if torch.device(device).type == "cpu":
-        keep_freed_host_memory()
+    keep_freed_host_memory(device)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     n = 0
