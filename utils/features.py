@@ -22,7 +22,9 @@ class FeatureMapRecorder:
     """Forward hooks that accumulate the published attention map of each named module.
 
     Use as a context manager; the hooks are removed on exit (the published extractor left them
-    attached, copying every conv output to the CPU on every later forward).
+    attached, copying every conv output to the CPU on every later forward). The sums stay on the
+    model's device, in float64, and `maps()` copies all layers to the host at once: no hook waits
+    for the device, so the forwards of a pass queue up without a sync per layer and batch.
     """
 
     def __init__(self, model, names):
@@ -36,7 +38,7 @@ class FeatureMapRecorder:
             a = output.detach().float().sum(1)  # (B, H, W), signed channel sum
             norm = a.abs().flatten(1).sum(1).clamp_min(1e-12)
             a = a / norm[:, None, None]
-            self.sums[name] = self.sums.get(name, 0) + a.sum(0).cpu().double()
+            self.sums[name] = self.sums.get(name, 0) + a.sum(0).double()
             self.counts[name] = self.counts.get(name, 0) + a.shape[0]
 
         return record
@@ -55,8 +57,13 @@ class FeatureMapRecorder:
     def maps(self):
         """{name: (H, W) float64 numpy map}, averaged over samples and min-max normalised."""
         out = {}
-        for name, total in self.sums.items():
-            m = total / self.counts[name]
+        if not self.sums:
+            return out
+        names = list(self.sums)
+        flat = torch.cat([self.sums[n].flatten() for n in names]).cpu()  # the one device-to-host copy
+        totals = flat.split([self.sums[n].numel() for n in names])
+        for name, total in zip(names, totals):
+            m = total.view(self.sums[name].shape) / self.counts[name]
             lo, hi = m.min(), m.max()
             if hi > lo:
                 m = (m - lo) / (hi - lo + 1e-8)
@@ -73,7 +80,7 @@ def layer_feature_maps(model, loader, names, device, num_batches=64, precision=P
         for i, (x, _) in enumerate(loader):
             if i >= num_batches:
                 break
-            x = x.to(device)
+            x = x.to(device, non_blocking=True)
             if precision.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with precision.autocast(device):
