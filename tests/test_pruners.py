@@ -1,4 +1,5 @@
 """Pruners against independent computations: exact counts, LAMP by brute force, ERK and Unif+ rules."""
+import numpy as np
 import pytest
 import torch
 
@@ -168,3 +169,34 @@ def test_bad_amount_is_a_user_error(tiny_net, amount):
 def test_unknown_pruner_lists_choices():
     with pytest.raises(UnknownChoiceError, match="lamp"):
         weight_pruner_loader("magic")
+
+
+def _unifplus_kept_float32(sizes, amount):
+    """Independent Uniform+ kept counts with the published float32 arithmetic (numpy), dense start."""
+    f32 = np.float32
+    n = np.array(sizes, dtype=f32)
+    to_prune = np.round(n.sum(dtype=f32) * f32(amount))
+    frac = to_prune / n[1:].sum(dtype=f32)
+    keep_last = np.round(n[-1] * f32(0.2))
+    removed = [0] + [round(float(frac) * s) for s in sizes[1:]]
+    if np.round((f32(1) - frac) * n[-1]) < keep_last:
+        last = n[-1] - keep_last
+        frac_mid = (to_prune - last) / n[1:-1].sum(dtype=f32)
+        removed = [0] + [round(float(frac_mid) * s) for s in sizes[1:-1]] + [round(float(last / n[-1]) * sizes[-1])]
+    return [s - r for s, r in zip(sizes, removed)]
+
+
+@pytest.mark.parametrize("amount,published", [
+    (0.9, {"features.17": 58_900, "features.20": 58_900}),
+    (0.98, {"features.27": 46_766, "features.30": 46_766, "features.34": 46_766, "features.37": 46_766,
+            "features.40": 46_766}),
+])
+def test_unifplus_vgg16_counts_use_the_published_float32_arithmetic(amount, published):
+    model = add_masks(model_loader("vgg16"))
+    mods = masked_modules(model)
+    PRUNERS["unifplus"](model, amount)
+    kept = dict(zip([n for n, _ in mods], _alive(model)))
+    expected = _unifplus_kept_float32([m.weight_orig.numel() for _, m in mods], amount)
+    assert list(kept.values()) == expected
+    for name, count in published.items():  # counts the published code keeps (float64 gives one more or fewer)
+        assert kept[name] == count

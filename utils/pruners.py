@@ -158,33 +158,40 @@ def prune_weights_erk(model, amount):
 
 
 def unifplus_layer_counts(modules, alive, amount):
-    """Uniform+ removal counts: first conv dense, last layer keeps >= round(0.2 * its dense size)."""
-    n_last = modules[-1][1].weight_orig.numel()
-    keep_last = round(0.2 * n_last)
-    to_prune = round(sum(alive) * amount)
+    """Uniform+ removal counts: first conv dense, last layer keeps >= round(0.2 * its dense size).
+
+    The published code keeps its counts in float32 tensors, so the totals, the fractions and the
+    planned last-layer survivors are float32 (rounded half to even); each layer then removes
+    round(float(fraction) * alive_l) in double, as torch.nn.utils.prune does. Doing the same
+    arithmetic in float64 keeps one weight more or fewer in some vgg16 layers.
+    """
+    f32 = lambda v: torch.tensor(v, dtype=torch.float32)  # noqa: E731
+    alive32 = torch.tensor(alive, dtype=torch.float32)
+    keep_last = torch.round(f32(modules[-1][1].weight_orig.numel()) * 0.2)
+    to_prune = torch.round(alive32.sum() * amount)
     first_is_conv = modules[0][1].weight_orig.dim() == 4
     start = 1 if first_is_conv and len(modules) > 1 else 0
-    rest = alive[start:]
-    if sum(rest) == 0:
+    if sum(alive[start:]) == 0:
         return [0] * len(modules)
-    frac = to_prune / sum(rest)
+    frac = to_prune / alive32[start:].sum()
     if frac > 1:
         raise BridgeError(f"unifplus cannot prune {amount:.4f} of the alive weights with the first layer kept dense")
     counts = [0] * len(modules)
     last = len(modules) - 1
-    if round((1 - frac) * alive[last]) < keep_last and last > start:
+    if torch.round((1 - frac) * alive32[last]) < keep_last and last > start:
         # The published code would ask for a negative amount once the last layer is already below
         # its 20% floor; it then simply keeps the whole last layer.
-        counts[last] = max(alive[last] - keep_last, 0)
-        middle = alive[start:last]
-        frac_mid = (to_prune - counts[last]) / sum(middle) if sum(middle) else 0.0
+        last_to_prune = (alive32[last] - keep_last).clamp_min(0)
+        counts[last] = round(float(last_to_prune / alive32[last]) * alive[last]) if alive[last] else 0
+        middle = alive32[start:last].sum()
+        frac_mid = (to_prune - last_to_prune) / middle if middle > 0 else f32(0.0)
         if frac_mid > 1:
             raise BridgeError(f"unifplus cannot prune {amount:.4f} of the alive weights within its layer rules")
         for i in range(start, last):
-            counts[i] = round(frac_mid * alive[i])
+            counts[i] = round(float(frac_mid) * alive[i])
     else:
         for i in range(start, len(modules)):
-            counts[i] = round(frac * alive[i])
+            counts[i] = round(float(frac) * alive[i])
     return counts
 
 
