@@ -10,6 +10,9 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from utils.errors import BridgeError
 
 
 def is_distributed():
@@ -74,12 +77,49 @@ def barrier():
         dist.barrier()
 
 
+def mask_buffer_names(model):
+    """Names of the mask buffers of torch.nn.utils.prune reparametrisations (`features.0.weight_mask`, ...)."""
+    return [f"{prefix}.{b}" if prefix else b
+            for prefix, m in model.named_modules()
+            for b, _ in m.named_buffers(recurse=False)
+            if b.endswith("_mask") and hasattr(m, b[: -len("_mask")] + "_orig")]
+
+
+def _mask_checksums(model, names):
+    """Per mask (alive count, sum of a hash of the alive positions): differs when the 0/1 patterns differ."""
+    buffers = dict(model.named_buffers())
+    sums = []
+    for n in names:
+        alive = buffers[n].detach().reshape(-1) != 0  # logical order, whatever the memory format
+        pos = torch.arange(alive.numel(), device=alive.device)
+        sums.append(torch.stack([alive.sum(), ((pos * 2654435761) % 2**31)[alive].sum()]))
+    return torch.stack(sums).tolist() if sums else []
+
+
+def check_masks_equal(model, names):
+    """Raise BridgeError unless every process holds the same masks (compared by checksum, once)."""
+    per_rank = all_gather_object(_mask_checksums(model, names))
+    bad = sorted({names[i] for sums in per_rank[1:] for i, (a, b) in enumerate(zip(per_rank[0], sums)) if a != b})
+    if bad:
+        ranks = [r for r, sums in enumerate(per_rank) if sums != per_rank[0]]
+        raise BridgeError(f"the pruning masks differ between processes (rank 0 vs rank(s) {ranks}) in "
+                          f"{len(bad)} layer(s), e.g. {', '.join(bad[:3])}; every process must hold the same sparse model")
+
+
 def wrap_ddp(model):
-    """DistributedDataParallel around the model when distributed (the model itself otherwise)."""
+    """DistributedDataParallel around the model when distributed (the model itself otherwise).
+
+    DDP broadcasts every buffer from rank 0 before each forward; the pruning masks are buffers too
+    (~59 MB per step for vgg16) but never change during training, so they are left out of that
+    broadcast and checked to be equal on all processes once, here. BatchNorm running statistics
+    are still broadcast, as DDP does by default.
+    """
     if not is_distributed():
         return model
-    from torch.nn.parallel import DistributedDataParallel
-
+    masks = mask_buffer_names(model)
+    check_masks_equal(model, masks)
+    # Sets the names DDP skips (at its initial sync and at every forward); it must precede construction.
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, masks)
     dev = next(model.parameters()).device
     return DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
