@@ -9,6 +9,7 @@ import sys
 
 from utils.errors import BridgeError
 from utils.progress import log
+from utils.runtime import configure_backends
 
 
 def add_data_args(parser, dataset="CIFAR10", batch_size=128):
@@ -31,8 +32,8 @@ def add_data_args(parser, dataset="CIFAR10", batch_size=128):
 
 
 def add_runtime_args(parser, seed=42, trains=True, precision=True):
-    """--device, --seed, --precision (unless a script always computes in fp32: precision=False) and,
-    for scripts that train (trains=True), --compile.
+    """--device, --seed, --deterministic, --precision (unless a script always computes in fp32:
+    precision=False) and, for scripts that train (trains=True), --compile.
 
     An evaluation-only script gets args.compile = False: compiling only speeds up training steps.
     """
@@ -50,6 +51,9 @@ def add_runtime_args(parser, seed=42, trains=True, precision=True):
     else:
         parser.set_defaults(compile=False)
     g.add_argument("--seed", type=int, default=seed)
+    g.add_argument("--deterministic", action="store_true",
+                   help="CUDA: deterministic kernels only (no cuDNN autotuning), so reruns and resumed runs "
+                        "repeat the same numbers; slower steps (CPU runs repeat without it)")
     return g
 
 
@@ -108,6 +112,7 @@ def run(main, parser, argv=None):
     from utils import distributed
 
     try:
+        configure_backends(getattr(args, "deterministic", False))  # before CUDA starts (cuBLAS reads its env)
         distributed.init(getattr(args, "device", "auto"))
         return main(args)
     except BridgeError as exc:

@@ -34,6 +34,21 @@ def resolve_device(name="auto"):
     return torch.device(name)
 
 
+def configure_backends(deterministic=False):
+    """Process-wide kernel choices for CUDA (no effect on CPU); cli.run calls it before CUDA starts.
+
+    Default: cuDNN benchmarks the convolution algorithms per input shape and keeps the fastest (faster
+    steps; the choice, and so the last bits of results, can differ between runs). deterministic=True:
+    only deterministic kernels (an op without one raises), so a rerun or a resumed run on the same
+    hardware repeats the same numbers; cuBLAS needs CUBLAS_WORKSPACE_CONFIG for that, read when it starts.
+    """
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic)
+
+
 def set_seed(seed):
     """Seed every RNG the pipeline touches (Python, NumPy, torch CPU and CUDA)."""
     random.seed(seed)
