@@ -13,12 +13,17 @@ from utils import cli, runtime
 def backend_flags(monkeypatch):
     """Restore the process-wide flags a test changes (and CUBLAS_WORKSPACE_CONFIG, through monkeypatch)."""
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
-    cudnn = torch.backends.cudnn
-    saved = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled(),
+    b = torch.backends
+    saved = (b.cudnn.benchmark, b.cudnn.deterministic, torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled())
+    tf32 = (b.cudnn.allow_tf32, b.cudnn.fp32_precision, b.cudnn.conv.fp32_precision,
+            b.cudnn.rnn.fp32_precision, b.cuda.matmul.fp32_precision)
     yield
-    cudnn.benchmark, cudnn.deterministic = saved[:2]
+    b.cudnn.benchmark, b.cudnn.deterministic = saved[:2]
     torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+    b.cudnn.allow_tf32 = tf32[0]  # the legacy flag first: setting it resets the per-op ones
+    b.cudnn.fp32_precision, b.cudnn.conv.fp32_precision, b.cudnn.rnn.fp32_precision = tf32[1:4]
+    b.cuda.matmul.fp32_precision = tf32[4]
 
 
 def test_default_backends_autotune_cudnn(backend_flags):
@@ -46,3 +51,22 @@ def test_run_sets_backends_from_the_flag_before_joining_the_process_group(backen
     calls.clear()
     cli.run(lambda args: calls.append("main"), parser, [])
     assert calls[0] == ("backends", False)
+
+
+def _assert_ieee_fp32():
+    b = torch.backends
+    assert b.cudnn.conv.fp32_precision == b.cudnn.rnn.fp32_precision == b.cuda.matmul.fp32_precision == "ieee"
+    assert not b.cudnn.allow_tf32 and not b.cuda.matmul.allow_tf32  # the legacy getters agree and do not raise
+
+
+@pytest.mark.parametrize("name", ["fp32", "bf16"])
+def test_resolving_a_precision_turns_tf32_off(backend_flags, name):
+    torch.backends.cudnn.allow_tf32 = True  # torch's default: fp32 convolutions in TF32
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    runtime.resolve_precision(name, "cpu")
+    _assert_ieee_fp32()  # also for bf16: its fp32 passes (saliency, SSIM) run outside autocast
+
+
+def test_scripts_without_a_precision_run_ieee_fp32(backend_flags):
+    runtime.configure_backends()
+    _assert_ieee_fp32()

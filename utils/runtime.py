@@ -47,6 +47,19 @@ def configure_backends(deterministic=False):
     torch.backends.cudnn.benchmark = not deterministic
     torch.backends.cudnn.deterministic = deterministic
     torch.use_deterministic_algorithms(deterministic)
+    use_ieee_fp32()  # scripts that never resolve a precision (fp32 only) run IEEE fp32 too
+
+
+def use_ieee_fp32():
+    """fp32 means IEEE fp32 on CUDA too: cuDNN runs fp32 convolutions in TF32 (10-bit mantissa) by default.
+
+    Process-wide, so the fp32 passes of a bf16 run (saliency, SSIM) get it as well; autocast's bf16 ops
+    are unaffected.
+    """
+    # The legacy flag first: its getter (still read by inductor's conv templates) raises if it disagrees.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.fp32_precision = "ieee"  # convolutions and RNNs
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
 
 
 def set_seed(seed):
@@ -148,8 +161,9 @@ def resolve_precision(name, device, compile=None):
     """'auto' -> bf16 + channels_last on CUDA (bf16-capable) and on CPUs with AVX-512/bf16; else fp32.
 
     channels_last is kept with fp32 too: it never changed results and is faster for convolutions
-    on both devices. `compile` (None: the BRIDGE_COMPILE environment variable, off when unset) makes
-    training steps run through torch.compile: faster steps for a one-time compile per process
+    on both devices. fp32 is IEEE fp32 on CUDA (no TF32), here and in every other fp32 pass of the
+    process. `compile` (None: the BRIDGE_COMPILE environment variable, off when unset) makes training
+    steps run through torch.compile: faster steps for a one-time compile per process
     (bench/train_throughput.py measures both), so it pays off for runs longer than a few minutes.
     """
     if compile is None:
@@ -160,6 +174,7 @@ def resolve_precision(name, device, compile=None):
         name = env
     if name not in PRECISION_CHOICES:
         raise BridgeError(f"unknown precision {name!r}; valid: {', '.join(PRECISION_CHOICES)}")
+    use_ieee_fp32()
     if name == "auto":
         if device.type == "cuda":
             name = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
