@@ -70,3 +70,14 @@ def test_resolving_a_precision_turns_tf32_off(backend_flags, name):
 def test_scripts_without_a_precision_run_ieee_fp32(backend_flags):
     runtime.configure_backends()
     _assert_ieee_fp32()
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 0), "fp32+channels_last"), ((7, 5), "fp32+channels_last"),
+                                                  ((8, 0), "bf16+channels_last"), ((9, 0), "bf16+channels_last")])
+def test_auto_precision_picks_bf16_only_on_gpus_with_native_bf16(backend_flags, monkeypatch, capability, expected):
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: asked.append(device) or capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # true on V100/T4 too (emulated)
+    monkeypatch.delenv("BRIDGE_PRECISION", raising=False)
+    assert runtime.resolve_precision("auto", "cuda:1", compile=False).name == expected
+    assert asked == [torch.device("cuda", 1)]  # the capability of the run's GPU, not of the current one

@@ -158,7 +158,8 @@ class Precision:
 
 
 def resolve_precision(name, device, compile=None):
-    """'auto' -> bf16 + channels_last on CUDA (bf16-capable) and on CPUs with AVX-512/bf16; else fp32.
+    """'auto' -> bf16 + channels_last on GPUs with native bf16 (compute capability >= 8.0) and on CPUs
+    with AVX-512/bf16; else fp32 + channels_last.
 
     channels_last is kept with fp32 too: it never changed results and is faster for convolutions
     on both devices. fp32 is IEEE fp32 on CUDA (no TF32), here and in every other fp32 pass of the
@@ -177,7 +178,9 @@ def resolve_precision(name, device, compile=None):
     use_ieee_fp32()
     if name == "auto":
         if device.type == "cuda":
-            name = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+            # is_bf16_supported() is also true where bf16 is only emulated (V100, T4: slower than fp32);
+            # native bf16 tensor cores start with compute capability 8.0 (Ampere).
+            name = "bf16" if torch.cuda.get_device_capability(device) >= (8, 0) else "fp32"
         else:
             name = "bf16" if cpu_supports_bf16() else "fp32"
     return Precision(dtype=torch.bfloat16 if name == "bf16" else None, channels_last=True, compile=bool(compile))
