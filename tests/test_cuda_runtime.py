@@ -81,3 +81,35 @@ def test_auto_precision_picks_bf16_only_on_gpus_with_native_bf16(backend_flags, 
     monkeypatch.delenv("BRIDGE_PRECISION", raising=False)
     assert runtime.resolve_precision("auto", "cuda:1", compile=False).name == expected
     assert asked == [torch.device("cuda", 1)]  # the capability of the run's GPU, not of the current one
+
+
+def _fake_cuda(monkeypatch, count, restored):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device="cuda": restored.append((device, int(s[0]))))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: pytest.fail("would raise IndexError"))
+
+
+def _state_with_gpus(n):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.cuda, "is_available", lambda: False)
+        state = runtime.rng_state()
+    state["cuda"] = [torch.full((8,), i, dtype=torch.uint8) for i in range(n)]  # GPU i's state starts with i
+    return state
+
+
+def test_resume_on_fewer_gpus_restores_those_present_and_warns_once(monkeypatch, recwarn):
+    restored = []
+    _fake_cuda(monkeypatch, 2, restored)
+    runtime.set_rng_state(_state_with_gpus(4))
+    assert restored == [(0, 0), (1, 1)]
+    (w,) = [w for w in recwarn if "saved with 4 GPUs" in str(w.message)]
+    assert "GPU(s) 2, 3 were not restored" in str(w.message)
+
+
+def test_resume_on_as_many_or_more_gpus_restores_all_silently(monkeypatch, recwarn):
+    restored = []
+    _fake_cuda(monkeypatch, 3, restored)
+    runtime.set_rng_state(_state_with_gpus(2))
+    assert restored == [(0, 0), (1, 1)]
+    assert not [w for w in recwarn if "GPUs" in str(w.message)]

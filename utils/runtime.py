@@ -7,6 +7,7 @@ layout is about 2x faster than fp32 for CIFAR CNNs on both a modern x86 CPU and 
 import contextlib
 import os
 import random
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,12 +86,22 @@ def rng_state():
 
 
 def set_rng_state(state):
+    """Restore the states rng_state() saved."""
     random.setstate(state["python"])
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # A run saved on more GPUs than this machine has: restore those that exist (set_rng_state_all
+        # would raise IndexError); the others' streams start afresh.
+        saved, present = state["cuda"], torch.cuda.device_count()
+        for i, s in enumerate(saved[:present]):
+            torch.cuda.set_rng_state(s, device=i)
+        if len(saved) > present:
+            missing = ", ".join(map(str, range(present, len(saved))))
+            warnings.warn(f"the run was saved with {len(saved)} GPUs, this machine has {present}: the random "
+                          f"streams of GPU(s) {missing} were not restored, so the resumed run may differ from "
+                          "an uninterrupted one", stacklevel=2)
 
 
 # glibc mallopt parameters (malloc.h)
