@@ -92,8 +92,8 @@ def set_rng_state(state):
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        # A run saved on more GPUs than this machine has: restore those that exist (set_rng_state_all
-        # would raise IndexError); the others' streams start afresh.
+        # A run saved on more GPUs than this machine has: restore the GPUs that exist and drop the
+        # other states (set_rng_state_all would raise IndexError).
         saved, present = state["cuda"], torch.cuda.device_count()
         for i, s in enumerate(saved[:present]):
             torch.cuda.set_rng_state(s, device=i)
