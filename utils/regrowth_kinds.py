@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from utils.cache import cache_key, state_digest
+from utils.cache import cache_key, compute_context, state_digest
 from utils.features import format_ssim_table, layer_ssim, select_search_space
 from utils.masks import count_pruned_params, model_sparsity
 from utils.progress import log
@@ -36,27 +36,34 @@ class SearchSpace:
     fallback: bool = False
 
 
+def _pass_precision(setup):
+    """SSIM, saliency and channel scores run in fp32 (in the run's memory layout) whatever --precision is."""
+    return Precision(None, setup.precision.channels_last)
+
+
 def _conv_ssim(setup, model, names):
-    """SSIM per conv layer (dense vs `model`), cached by both models' contents and the data."""
+    """SSIM per conv layer (dense vs `model`), cached by both models' contents, the data and where it ran."""
     t0 = time.perf_counter()
 
     def compute():
         return layer_ssim(setup.dense, model, setup.data.val, setup.device, names, setup.args.ssim_num_batches,
-                          Precision(None, setup.precision.channels_last))
+                          _pass_precision(setup))
 
     if not setup.cache or not setup.cache.folder:
         return compute(), time.perf_counter() - t0
     key = cache_key("ssim", dense=setup.dense_digest, sparse=state_digest(model.state_dict()), layers=names,
-                    batches=setup.args.ssim_num_batches, data=setup.data_key())
+                    batches=setup.args.ssim_num_batches, data=setup.data_key(),
+                    context=compute_context(setup.device, _pass_precision(setup)))
     return setup.cache.get_or_compute(key, compute, "SSIM"), time.perf_counter() - t0
 
 
 def _cached(setup, kind, names, compute, **extra):
-    """A dense-model computation over `names`, cached by the dense model, the data and the arguments."""
+    """A dense-model computation over `names` (run in _pass_precision), cached by the dense model, the data,
+    the arguments and where it ran."""
     if not setup.cache or not setup.cache.folder:
         return compute()
     key = cache_key(kind, dense=setup.dense_digest, layers=names, batches=setup.args.saliency_batches,
-                    data=setup.data_key(), **extra)
+                    data=setup.data_key(), context=compute_context(setup.device, _pass_precision(setup)), **extra)
     return setup.cache.get_or_compute(key, compute, kind)
 
 
@@ -95,7 +102,7 @@ class UnstructuredKind:
             t0 = time.perf_counter()
             self._saliency.update(_cached(setup, "saliency", missing, lambda: weight_saliency(
                 setup.dense, setup.data.train, missing, setup.device, setup.args.saliency_batches,
-                Precision(None, setup.precision.channels_last))))
+                _pass_precision(setup))))
             means = layer_mean_saliency({n: self._saliency[n] for n in missing})
             log(f"saliency (dL/dθ)²·θ² of {len(missing)} layer(s) on the dense model over "
                 f"{setup.args.saliency_batches or len(setup.data.train)} train batches: {time.perf_counter() - t0:.1f} s;"
@@ -178,7 +185,7 @@ class StructuredKind:
             t0 = time.perf_counter()
             self._scores.update(_cached(setup, "channel_scores", missing, lambda: group_saliency(
                 setup.dense, setup.data.train, [self.by_root[n] for n in missing], setup.device,
-                setup.args.regrowth_score, setup.args.saliency_batches, Precision(None, setup.precision.channels_last)),
+                setup.args.regrowth_score, setup.args.saliency_batches, _pass_precision(setup)),
                 score=setup.args.regrowth_score))
             log(f"channel scores ({setup.args.regrowth_score}) of {len(missing)} group(s) on the dense model: "
                 f"{time.perf_counter() - t0:.1f} s")
