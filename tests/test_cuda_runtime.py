@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from utils import cli, runtime
+from utils import cli, distributed, runtime
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def test_deterministic_backends(backend_flags):
 def test_run_sets_backends_from_the_flag_before_joining_the_process_group(backend_flags, monkeypatch):
     calls = []
     monkeypatch.setattr(cli, "configure_backends", lambda det: calls.append(("backends", det)))
-    monkeypatch.setattr("utils.distributed.init", lambda device: calls.append(("init", device)))
+    monkeypatch.setattr(distributed, "init", lambda device: calls.append(("init", device)))
     parser = argparse.ArgumentParser()
     cli.add_runtime_args(parser)
     cli.run(lambda args: calls.append("main"), parser, ["--deterministic", "--device", "cpu"])
@@ -63,13 +63,21 @@ def _assert_ieee_fp32():
 def test_resolving_a_precision_turns_tf32_off(backend_flags, name):
     torch.backends.cudnn.allow_tf32 = True  # torch's default: fp32 convolutions in TF32
     torch.backends.cuda.matmul.fp32_precision = "tf32"
-    runtime.resolve_precision(name, "cpu")
+    runtime.resolve_precision(name, "cuda")
     _assert_ieee_fp32()  # also for bf16: its fp32 passes (saliency, SSIM) run outside autocast
 
 
-def test_scripts_without_a_precision_run_ieee_fp32(backend_flags):
+def test_scripts_without_a_precision_run_ieee_fp32(backend_flags, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     runtime.configure_backends()
     _assert_ieee_fp32()
+
+
+def test_cpu_runs_keep_the_tf32_defaults(backend_flags):
+    torch.backends.cudnn.allow_tf32 = True
+    runtime.configure_backends()
+    runtime.resolve_precision("fp32", "cpu")
+    assert torch.backends.cudnn.conv.fp32_precision == "tf32"  # CUDA-only flags untouched in a CPU process
 
 
 @pytest.mark.parametrize("capability, expected", [((7, 0), "fp32+channels_last"), ((7, 5), "fp32+channels_last"),
@@ -113,3 +121,4 @@ def test_resume_on_as_many_or_more_gpus_restores_all_silently(monkeypatch, recwa
     runtime.set_rng_state(_state_with_gpus(2))
     assert restored == [(0, 0), (1, 1)]
     assert not [w for w in recwarn if "GPUs" in str(w.message)]
+

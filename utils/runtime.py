@@ -48,14 +48,15 @@ def configure_backends(deterministic=False):
     torch.backends.cudnn.benchmark = not deterministic
     torch.backends.cudnn.deterministic = deterministic
     torch.use_deterministic_algorithms(deterministic)
-    use_ieee_fp32()  # scripts that never resolve a precision (fp32 only) run IEEE fp32 too
+    if torch.cuda.is_available():
+        use_ieee_fp32()  # scripts that never resolve a precision (fp32 only) run IEEE fp32 too
 
 
 def use_ieee_fp32():
     """fp32 means IEEE fp32 on CUDA too: cuDNN runs fp32 convolutions in TF32 (10-bit mantissa) by default.
 
     Process-wide, so the fp32 passes of a bf16 run (saliency, SSIM) get it as well; autocast's bf16 ops
-    are unaffected.
+    are unaffected. Callers set it only for CUDA runs: a CPU process keeps torch's defaults.
     """
     # The legacy flag first: its getter (still read by inductor's conv templates) raises if it disagrees.
     torch.backends.cudnn.allow_tf32 = False
@@ -186,7 +187,8 @@ def resolve_precision(name, device, compile=None):
         name = env
     if name not in PRECISION_CHOICES:
         raise BridgeError(f"unknown precision {name!r}; valid: {', '.join(PRECISION_CHOICES)}")
-    use_ieee_fp32()
+    if device.type == "cuda":
+        use_ieee_fp32()
     if name == "auto":
         if device.type == "cuda":
             # is_bf16_supported() is also true where bf16 is only emulated (V100, T4: slower than fp32);
