@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from utils import cli, distributed, runtime
+from utils.errors import BridgeError
 
 
 @pytest.fixture
@@ -122,3 +123,45 @@ def test_resume_on_as_many_or_more_gpus_restores_all_silently(monkeypatch, recwa
     assert restored == [(0, 0), (1, 1)]
     assert not [w for w in recwarn if "GPUs" in str(w.message)]
 
+
+@pytest.fixture
+def torchrun_env(monkeypatch):
+    """A fake torchrun process on a machine with `gpus` GPUs; returns the backend/set_device calls it makes."""
+    calls = []
+
+    def setup(world, local_world, local_rank, gpus):
+        env = {"WORLD_SIZE": world, "LOCAL_WORLD_SIZE": local_world, "LOCAL_RANK": local_rank, "RANK": local_rank}
+        for k, v in env.items():
+            monkeypatch.setenv(k, str(v))
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+        monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", torch.device(d))))
+        monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend: calls.append(backend))
+        return calls
+
+    return setup
+
+
+def test_nccl_across_nodes_counts_the_processes_of_this_node(torchrun_env):
+    calls = torchrun_env(world=4, local_world=2, local_rank=1, gpus=2)  # 2 nodes x 2 GPUs
+    assert distributed.init("auto") == torch.device("cuda", 1)
+    assert calls == [("set_device", torch.device("cuda", 1)), "nccl"]
+
+
+def test_more_processes_than_gpus_share_them_over_gloo(torchrun_env):
+    calls = torchrun_env(world=2, local_world=2, local_rank=1, gpus=1)
+    assert distributed.init("cuda") == torch.device("cuda", 0)
+    assert calls == ["gloo"]
+    calls.clear()
+    assert distributed.init("cpu") == torch.device("cpu") and calls == ["gloo"]
+
+
+def test_an_explicit_gpu_index_is_refused_under_torchrun(torchrun_env):
+    calls = torchrun_env(world=2, local_world=2, local_rank=0, gpus=2)
+    with pytest.raises(BridgeError, match="CUDA_VISIBLE_DEVICES"):
+        distributed.init("cuda:1")
+    with pytest.raises(BridgeError, match="CUDA_VISIBLE_DEVICES"):
+        runtime.resolve_device("cuda:1")
+    assert calls == []  # refused before joining a process group
+    torchrun_env(world=1, local_world=1, local_rank=0, gpus=2)  # alone, cuda:N is that GPU
+    assert runtime.resolve_device("cuda:1") == torch.device("cuda", 1)

@@ -1,10 +1,11 @@
 """torch.distributed helpers: the same scripts run alone or under `torchrun --nproc_per_node N`.
 
-Under torchrun (WORLD_SIZE > 1) `init()` joins the process group (NCCL when every process has its
-own GPU, gloo otherwise). Regrowth searches then evaluate the episodes of one policy update on
-different processes (utils/regrowth_search.py); pretraining and finetuning wrap the model in
-DistributedDataParallel with each process reading its own shard of every batch order. Only the main
-process (rank 0) writes files and logs.
+Under torchrun (WORLD_SIZE > 1) `init()` joins the process group (NCCL when every process on a node
+has its own GPU, gloo otherwise); each process uses GPU LOCAL_RANK, so `--device cuda:N` is refused
+there. Regrowth searches then evaluate the episodes of one policy update on different processes
+(utils/regrowth_search.py); pretraining and finetuning wrap the model in DistributedDataParallel with
+each process reading its own shard of every batch order. Only the main process (rank 0) writes files
+and logs.
 """
 import os
 
@@ -13,6 +14,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from utils.errors import BridgeError
+from utils.runtime import resolve_device
 
 
 def is_distributed():
@@ -32,21 +34,21 @@ def is_main():
 
 
 def init(device_arg="auto"):
-    """Join the process group when launched by torchrun; returns the device this process should use."""
+    """Join the process group when launched by torchrun; returns the device this process should use.
+
+    NCCL when every process on this node has a GPU of its own (LOCAL_WORLD_SIZE, the processes on
+    this node, against this node's GPUs: WORLD_SIZE counts all nodes), gloo otherwise.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    want_cuda = device_arg in ("auto", "cuda") and torch.cuda.is_available()
-    if world > 1 and not is_distributed():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        use_nccl = want_cuda and torch.cuda.device_count() >= world
-        if use_nccl:
-            torch.cuda.set_device(local)
-        dist.init_process_group("nccl" if use_nccl else "gloo")
-        if use_nccl:
-            return torch.device("cuda", local)
-        if want_cuda:
-            return torch.device("cuda", local % torch.cuda.device_count())
-        return torch.device("cpu")
-    return None
+    if world <= 1 or is_distributed():
+        return None
+    device = resolve_device(device_arg)  # under torchrun: GPU LOCAL_RANK (mod the GPUs present)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    use_nccl = device.type == "cuda" and torch.cuda.device_count() >= local_world
+    if use_nccl:
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if use_nccl else "gloo")
+    return device
 
 
 def all_gather_object(obj):

@@ -20,7 +20,10 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16")
 
 
 def resolve_device(name="auto"):
-    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a user error."""
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a user error.
+
+    Under torchrun 'auto' and 'cuda' mean GPU LOCAL_RANK (modulo the GPUs present); 'cuda:N' is refused there.
+    """
     local = int(os.environ.get("LOCAL_RANK", "0"))  # under torchrun: this process's GPU
     if name in (None, "auto"):
         if torch.cuda.is_available():
@@ -28,6 +31,11 @@ def resolve_device(name="auto"):
         return torch.device("cpu")
     if name not in DEVICE_CHOICES and not str(name).startswith("cuda:"):
         raise BridgeError(f"unknown device {name!r}; valid: {', '.join(DEVICE_CHOICES)}")
+    # Under torchrun one index would put every process on the same GPU; CUDA_VISIBLE_DEVICES is the
+    # standard way to pick a job's GPUs, and an offset meaning for cuda:N would surprise.
+    if str(name).startswith("cuda:") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise BridgeError(f"--device {name} under torchrun would put every process on that one GPU; use --device "
+                          "cuda (process r takes GPU LOCAL_RANK) and CUDA_VISIBLE_DEVICES to choose the GPUs")
     if str(name).startswith("cuda") and not torch.cuda.is_available():
         raise BridgeError("--device cuda was requested but no CUDA GPU is available; use --device cpu")
     if name == "cuda":
