@@ -8,6 +8,9 @@ loop changes a process-wide setting (glibc keeps freed blocks: utils.runtime.kee
 `--plain_in_process` runs it in this process instead, with that setting, to show what it alone gives.
 `--accuracy_epochs N` also trains resnet20 for N epochs both ways on a CIFAR-10 subset (or digits)
 and prints the val accuracy each reaches, to show the fast path loses no accuracy.
+On CUDA every timed section waits for the device's queued work before it reads the clock (kernels
+run asynchronously), at its start and at its end. At start it prints the CPU's relevant features
+(utils.cpu_features) and the path `--precision auto` takes on the device (utils.runtime.resolve_precision).
 
     python bench/train_throughput.py --models resnet20 vgg16
     python bench/train_throughput.py --models resnet20 --epoch --train_limit 45000 --data_dir data
@@ -25,14 +28,30 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from models import model_loader  # noqa: E402
-from utils.runtime import Precision, keep_freed_host_memory, resolve_precision, set_seed, to_device  # noqa: E402,E501
+from utils.cpu_features import cpu_features  # noqa: E402
+from utils.runtime import (Precision, cpu_supports_bf16, keep_freed_host_memory, resolve_precision,  # noqa: E402
+                           set_seed, to_device)
 from utils.training import train_one_epoch  # noqa: E402
+
+
+def synchronize(device):
+    """Wait until the device has run everything queued on it (CUDA kernels run asynchronously); CPU: no-op."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def clock(device):
+    """time.perf_counter() once `device` is idle: every timed section starts and ends with it, so on CUDA
+    a section neither inherits the work queued before it nor stops the clock before its own work ran."""
+    synchronize(device)
+    return time.perf_counter()
 
 
 def plain_loop(model, batches, opt, device):
     """The reference: fp32, default memory layout, a textbook SGD loop. Returns (seconds, images)."""
     model.train()
-    t0, n = time.perf_counter(), 0
+    t0, n = clock(device), 0
     for x, y in batches:
         x, y = x.to(device), y.to(device)
         loss = F.cross_entropy(model(x), y)
@@ -40,7 +59,7 @@ def plain_loop(model, batches, opt, device):
         loss.backward()
         opt.step()
         n += len(y)
-    return time.perf_counter() - t0, n
+    return clock(device) - t0, n
 
 
 def plain_steps(model, batches, lr=0.1):
@@ -126,16 +145,23 @@ class PlainLoopProcess:
             self.proc.kill()
 
 
+def timed_epoch(model, loader, opt, device, precision):
+    """train_one_epoch on an idle device: its clock starts after the work queued before it, and stops
+    after its loss .item(), which waits for the epoch's last kernels."""
+    synchronize(device)
+    return train_one_epoch(model, loader, opt, device, precision)
+
+
 def project_steps(model, batches, precision, device):
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    return train_one_epoch(model, batches, opt, device, precision).images_per_s
+    return timed_epoch(model, batches, opt, device, precision).images_per_s
 
 
 def compile_warmup(model, batches, precision, device):
     """Seconds of the first compiled steps (graph capture + codegen, or a cache hit)."""
-    t0 = time.perf_counter()
+    t0 = clock(device)
     project_steps(model, batches[:2], precision, device)
-    return time.perf_counter() - t0
+    return clock(device) - t0
 
 
 def throughput(plain, m_name, batch_size, steps, repeats, device, with_compile):
@@ -176,7 +202,7 @@ def whole_epoch(plain, m_name, data_dir, train_limit, workers, device, with_comp
         secs, n = plain.epoch(m_name, data_dir, name, train_limit, workers)
         t_plain.append(secs)
         for key, (model, opt, precision) in ours.items():
-            times[key].append(train_one_epoch(model, fast.train, opt, device, precision).seconds)
+            times[key].append(timed_epoch(model, fast.train, opt, device, precision).seconds)
     return name, n, t_plain, {k: (v, warm[k]) for k, v in times.items()}
 
 
@@ -194,12 +220,12 @@ def accuracy_both_ways(epochs, data_dir, train_limit, device, seeds=(0,)):
         model = to_device(model_loader("resnet20"), device, prec)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-        t0 = time.perf_counter()
+        t0 = clock(device)
         for e in range(epochs):
             data.train.set_epoch(e)
             train_one_epoch(model, data.train, opt, device, prec)
             sched.step()
-        secs = time.perf_counter() - t0
+        secs = clock(device) - t0
         val_fp32 = evaluate(model, data.val, device, Precision())[0]
         val_same = evaluate(model, data.val, device, prec)[0]
         rows.append((prec.name, seed, secs, val_fp32, val_same))
@@ -233,6 +259,7 @@ def main():
     args = p.parse_args()
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, batch {args.batch_size}")
+    print_machine(device)
     if args.plain_in_process:
         kept = keep_freed_host_memory(device)
         plain = PlainLoop(device)
@@ -244,6 +271,23 @@ def main():
         run_all(args, device, plain)
     finally:
         plain.close()
+
+
+def print_machine(device):
+    """The CPU's relevant features, the GPU if one is used, and what --precision auto resolves to here."""
+    print(f"cpu: {cpu_features().describe()}")
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        print(f"gpu: {props.name}, sm_{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB, "
+              f"bf16 supported {torch.cuda.is_bf16_supported()}")
+        why = f"torch.cuda.is_bf16_supported() {torch.cuda.is_bf16_supported()}"
+    else:
+        why = f"cpu_supports_bf16() {cpu_supports_bf16()}"
+    env = os.environ.get("BRIDGE_PRECISION")
+    if env:
+        why += f"; BRIDGE_PRECISION={env} overrides auto"
+    print(f"--precision auto on {device.type}: {resolve_precision('auto', device, compile=False).name} "
+          f"(utils.runtime.resolve_precision; {why})", flush=True)
 
 
 def run_all(args, device, plain):
