@@ -2,7 +2,7 @@
 
 The fastest correct training path differs per device: bf16 autocast with channels_last memory
 layout is about 2x faster than fp32 for CIFAR CNNs on both a modern x86 CPU and a CUDA GPU, so
-`--precision auto` picks it wherever the hardware supports bf16. `bench/` measures the ratio.
+`--precision auto` picks it wherever the hardware runs bf16 natively. `bench/` measures the ratio.
 """
 import contextlib
 import os
@@ -44,7 +44,7 @@ def resolve_device(name="auto"):
 
 
 def configure_backends(deterministic=False):
-    """Process-wide kernel choices for CUDA (no effect on CPU); cli.run calls it before CUDA starts.
+    """Process-wide kernel choices, for CUDA above all; cli.run calls it before CUDA starts.
 
     Default: cuDNN benchmarks the convolution algorithms per input shape and keeps the fastest (faster
     steps; the choice, and so the last bits of results, can differ between runs). deterministic=True:
