@@ -8,6 +8,9 @@ the new sparsity:
 
     reward = (val acc - curve(sparsity)) / 100 + --budget_bonus * usage
 
+With --reward_val_subset, episodes are scored on that validation subset and the curve is shifted by
+acc(subset) - acc(full val) of the model the iteration starts from (as in regrowth_oneshot.py).
+
 The best episode's mini-finetuned model starts the next iteration; the run stops after --num_iters
 iterations or once the sparsity reaches --target_sparsity.
 
@@ -15,7 +18,8 @@ Outputs in {save_dir}/{m_name}/{method}[_{allocator}][_{tag}]/:
     iter_{i}/best_grown_model.pth    best model of iteration i (after its mini-finetune)
     iter_{i}/episodes.jsonl, search_curves.png, allocation.png, search_state.pth
     iterations.jsonl, summary.json, search_summary.txt, trajectory.png (iterations over the pruning curve)
-    final_finetuned.pth              only with --finetune_epochs > 0
+    final_finetuned.pth              only with --finetune_epochs > 0 (--finetune_scope regrown: only the
+                                     weights regrown in some iteration train)
 
 Note: the published script's --finetune_epochs (default 40) is the per-episode finetune; here that is
 --mini_finetune_epochs (same default), and --finetune_epochs is a final finetune of the last model.

@@ -9,7 +9,8 @@ channels are restored in every conv of their group, and the budget counts all of
 "safe layer" filter on ResNet shortcuts is needed (the published script dropped shortcut layers).
 
 Outputs in {save_dir}/{m_name}/{method}[_{allocator}][_{tag}]/: iter_{i}/best_grown_model.pth and the
-same logs and plots as regrowth_iterative.py.
+same logs and plots as regrowth_iterative.py; --finetune_scope regrown trains only the filters restored
+in some iteration, and --reward_val_subset calibrates the curve as there.
 """
 import argparse
 import os

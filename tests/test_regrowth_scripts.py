@@ -9,6 +9,9 @@ import torch
 import regrowth_iterative
 import regrowth_oneshot
 from tests.conftest import prepare_work_dir, run_script
+from utils import cli
+from utils.checkpoints import model_from_checkpoint
+from utils.pruning_curve import load_pruning_curve
 from utils.records import read_jsonl
 from utils.regrowth_search import RegrowthEnv
 
@@ -122,6 +125,80 @@ def test_iterative_cli_and_resume(pipeline, tmp_path):
                                                for i, a in enumerate(args)] + ["--resume"])
     assert "continuing after iteration 1" in proc.stdout
     assert [r["iteration"] for r in read_jsonl(os.path.join(run_dir, "iterations.jsonl"))] == [-1, 0, 1, 2]
+
+
+def _iterative_args(wd, save, *extra):
+    return DATA + ["--work_dir", wd, "--save_dir", save, "--num_epochs", "2", "--num_iters", "2",
+                   "--mini_finetune_steps", "2", "--ssim_threshold", "0.6", "--saliency_batches", "2",
+                   "--ssim_num_batches", "2", "--target_sparsity", "0.5", *extra]
+
+
+@pytest.mark.slow
+def test_iterative_finetune_scope_regrown_trains_only_weights_regrown_in_some_iteration(pipeline, tmp_path):
+    save = str(tmp_path / "rg")
+    proc = run_script("regrowth_iterative.py", _iterative_args(pipeline, save, "--finetune_epochs", "1",
+                                                               "--finetune_scope", "regrown"))
+    assert "Traceback" not in proc.stderr and "final: sparsity" in proc.stdout
+    run_dir = os.path.join(save, "resnet20", "iterative")
+    summary = json.load(open(os.path.join(run_dir, "summary.json")))
+    start = torch.load(summary["start_ckpt"], weights_only=True)["state_dict"]
+    iter0 = torch.load(os.path.join(run_dir, "iter_0", "best_grown_model.pth"), weights_only=True)["state_dict"]
+    last = torch.load(os.path.join(run_dir, "iter_1", "best_grown_model.pth"), weights_only=True)["state_dict"]
+    final = torch.load(os.path.join(run_dir, "final_finetuned.pth"), weights_only=True)["state_dict"]
+    masks = [k[: -len(".weight_mask")] for k in start if k.endswith(".weight_mask")]
+    changed = {}
+    regrown_in = {0: 0, 1: 0}
+    for name in masks:
+        m0, m1, mask = start[f"{name}.weight_mask"], iter0[f"{name}.weight_mask"], last[f"{name}.weight_mask"]
+        assert torch.equal(final[f"{name}.weight_mask"], mask)  # the final finetune regrows and prunes nothing
+        regrown = (mask > 0) & (m0 == 0)  # regrown in iteration 0 or 1
+        regrown_in[0] += int(((m1 > 0) & (m0 == 0)).sum())
+        regrown_in[1] += int(((mask > 0) & (m1 == 0)).sum())
+        before, after = last[f"{name}.weight_orig"] * mask, final[f"{name}.weight_orig"] * mask
+        assert torch.equal(after[(mask > 0) & ~regrown], before[(mask > 0) & ~regrown]), name  # other alive weights
+        assert torch.all(after[mask == 0] == 0), name  # pruned weights stay zero
+        changed[name] = int((after[regrown] != before[regrown]).sum())
+    assert regrown_in[0] > 0 and regrown_in[1] > 0  # both iterations regrew, so the scope is their union
+    assert sum(changed.values()) > 0  # the regrown weights did train
+    trained = {f"{n}.weight_orig" for n in masks} | {f"{n}.weight_mask" for n in masks}
+    for key, value in last.items():  # biases, BatchNorm affine parameters: frozen (running statistics may move)
+        if key not in trained and not key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            assert torch.equal(final[key], value), key
+
+
+def _subset_accuracy(model, loader):
+    """Accuracy (%) of `model` on `loader`, computed here rather than by the pipeline's evaluate()."""
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in loader:
+            correct += int((model(x).argmax(1) == y).sum())
+            total += y.numel()
+    return 100.0 * correct / total
+
+
+@pytest.mark.slow
+def test_iterative_reward_reference_is_calibrated_on_the_reward_val_subset(pipeline, tmp_path):
+    """With --reward_val_subset the iterative reference is the pruning curve shifted by the offset
+    acc(subset) - acc(full val) of the model each iteration starts from, as in the one-shot script."""
+    save = str(tmp_path / "rg")
+    args = regrowth_iterative.get_args_parser().parse_args(
+        _iterative_args(pipeline, save, "--reward_val_subset", "40", "--precision", "fp32"))
+    summary = regrowth_iterative.main(args)
+    run_dir = os.path.join(save, "resnet20", "iterative")
+    curve = load_pruning_curve(os.path.join(pipeline, "resnet20", "iterative"))
+    data = cli.build_data(args, torch.device("cpu"))
+    val_subset = data.subset("val", 40, seed=args.seed)
+    assert len(val_subset.dataset) == 40 < len(data.val.dataset)
+    starts = [summary["start_ckpt"], os.path.join(run_dir, "iter_0", "best_grown_model.pth")]
+    offsets = []
+    for it, start_path in enumerate(starts):
+        model, _ = model_from_checkpoint(start_path, "resnet20", expect="sparse")
+        offset = _subset_accuracy(model, val_subset) - _subset_accuracy(model, data.val)
+        offsets.append(offset)
+        for row in read_jsonl(os.path.join(run_dir, f"iter_{it}", "episodes.jsonl")):
+            assert row["reference_acc"] == pytest.approx(curve(row["sparsity"]) + offset, abs=1e-6), (it, row)
+    assert any(abs(o) > 1e-6 for o in offsets)  # the subset is not as hard as the full split: the shift matters
 
 
 def test_bad_regrowth_inputs_are_one_line_errors(tmp_path):

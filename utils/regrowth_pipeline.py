@@ -200,16 +200,19 @@ def work_model_like(setup, state):
     return load_state_into(model, state)
 
 
-def calibrated_reference(setup, model, reference_fn):
+def calibrated_reference(setup, model, reference_fn, full_val_acc=None):
     """The reward's reference accuracy on the images episodes are scored on.
 
     Episode accuracies come from the reward validation subset; references (the sparse model's
     accuracy, the pruning curve) are full-validation numbers, so they are shifted by how much easier
-    or harder the subset is for `model`: acc(model, subset) - acc(model, full val). No shift without a subset.
+    or harder the subset is for `model`, the model the episodes start from: acc(model, subset) -
+    acc(model, full val) (`full_val_acc` when the caller has measured it). No shift without a subset.
     """
     if setup.reward_val is setup.data.val:
         return reference_fn
-    full, _ = evaluate(model, setup.data.val, setup.device, setup.precision)
+    full = full_val_acc
+    if full is None:
+        full, _ = evaluate(model, setup.data.val, setup.device, setup.precision)
     sub, _ = evaluate(model, setup.reward_val, setup.device, setup.precision)
     log(f"reward validation subset: {sub:.2f} vs full validation {full:.2f}; references shifted by {sub - full:+.2f}")
     return lambda sparsity: reference_fn(sparsity) + (sub - full)
@@ -229,6 +232,25 @@ def make_reinforce(args, action_space_size, budget_space_size=0, advantage="temp
         num_episodes=args.num_epochs, early_stop_patience=args.early_stop_patience, min_episodes=args.min_epochs,
         reward_std_threshold=args.reward_std_threshold, reward_window_size=args.reward_window_size)
     return Reinforce(agent, cfg)
+
+
+def weight_masks(model):
+    """{module: CPU copy of its weight mask} of the masked Conv2d / Linear layers."""
+    return {name: m.weight_mask.detach().cpu().clone() for name, m in masked_modules(model)}
+
+
+def regrown_since(start_masks, model):
+    """{module: flat weight indices} alive in `model` but pruned in `start_masks` (from weight_masks).
+
+    Regrowth only turns masks on, so after several regrowth steps this is the union of every step's
+    regrown positions (for --finetune_scope regrown); modules with nothing regrown are left out.
+    """
+    out = {}
+    for name, m in masked_modules(model):
+        grown = (m.weight_mask.detach().cpu() > 0) & (start_masks[name] == 0)
+        if grown.any():
+            out[name] = grown.flatten().nonzero().flatten()
+    return out
 
 
 def restrict_to_regrown(model, weight_idx):
@@ -276,10 +298,13 @@ def final_finetune(setup, model, weight_idx, epochs, desc="final finetune"):
     """Finetune the regrown model (scope per --finetune_scope); returns (val, test, FinetuneResult or None)."""
     args = setup.args
     res = None
-    if epochs and epochs > 0:
-        after = restrict_to_regrown(model, weight_idx) if args.finetune_scope == "regrown" else None
+    regrown_only = args.finetune_scope == "regrown"
+    if epochs and epochs > 0 and regrown_only and not any(idx.numel() for idx in weight_idx.values()):
+        log(f"{desc}: nothing was regrown, so --finetune_scope regrown has no weights to train; skipped")
+    elif epochs and epochs > 0:
+        after = restrict_to_regrown(model, weight_idx) if regrown_only else None
         params = [p for p in model.parameters() if p.requires_grad]
-        weight_decay = 0.0 if args.finetune_scope == "regrown" else 0.01
+        weight_decay = 0.0 if regrown_only else 0.01
         opt = torch.optim.AdamW(params, lr=args.finetune_lr, weight_decay=weight_decay)
         steps = max(1, int(round(epochs * len(setup.data.train))))
         set_seed(args.seed)
@@ -339,7 +364,7 @@ def run_oneshot(args, kind_cls, *, sparse_path, out_dir, requested, reference, s
     sparse_val, _ = evaluate(sparse, setup.data.val, setup.device, setup.precision)
     sparse_test, _ = evaluate(sparse, setup.data.test, setup.device, setup.precision)
     start_sparsity = kind.sparsity(sparse)
-    ref_fn = calibrated_reference(setup, sparse, reference(setup, kind, sparse_val))
+    ref_fn = calibrated_reference(setup, sparse, reference(setup, kind, sparse_val), sparse_val)
     log(f"sparse start {sparse_path}: {kind.describe(sparse)}, val {sparse_val:.2f}, test {sparse_test:.2f}")
 
     steps = mini_finetune_steps(args, len(setup.data.train))
@@ -472,6 +497,7 @@ def run_iterative(args, kind_cls, *, baseline_dir, run_dir, script, rl_options):
     log(curve.describe() + f" from {baseline_dir}")
     t_run = time.perf_counter()
     setup, current, _ = prepare(args, sparse_path)
+    start_masks = weight_masks(current)  # what every iteration's regrowth is measured from
     kind = kind_cls(setup)
     iter_log = os.path.join(run_dir, "iterations.jsonl")
     steps = mini_finetune_steps(args, len(setup.data.train))
@@ -516,10 +542,10 @@ def run_iterative(args, kind_cls, *, baseline_dir, run_dir, script, rl_options):
         if sum(space.capacities.values()) == 0:
             log("everything pruned in the search space is restored; stopping")
             break
+        reference = calibrated_reference(setup, current, curve, cur_val)
         env = RegrowthEnv(work, clone_state(current), kind.regrower(space), setup.reward_train, setup.reward_val,
-                          setup.device,
-                          setup.precision, steps, curve, args.budget_bonus, kind.total(), args.seed + it,
-                          lr_schedule=args.mini_finetune_schedule, repeats=args.reward_repeats)
+                          setup.device, setup.precision, steps, reference, args.budget_bonus, kind.total(),
+                          args.seed + it, lr_schedule=args.mini_finetune_schedule, repeats=args.reward_repeats)
         reinforce = (make_reinforce(args, args.alloc_space_size, args.budget_space_size, rl_options["advantage"],
                                     rl_options["clip"]) if args.allocator == "rl" else None)
         cfg = _search_config(args, space, budget_options=budget_options, position="iterative",
@@ -561,7 +587,8 @@ def run_iterative(args, kind_cls, *, baseline_dir, run_dir, script, rl_options):
     final_val, final_test = rows[-1]["val_acc"], rows[-1]["test_acc"]
     final_path = None
     if args.finetune_epochs:
-        final_val, final_test, _ = final_finetune(setup, current, {}, args.finetune_epochs)
+        regrown = regrown_since(start_masks, current)  # union of all iterations' regrown weights
+        final_val, final_test, _ = final_finetune(setup, current, regrown, args.finetune_epochs)
         final_path = save_model(os.path.join(run_dir, "final_finetuned.pth"), current, setup,
                                 f"{kind.stage_prefix}_iterative_final", {"val_acc": final_val, "test_acc": final_test},
                                 kind)
