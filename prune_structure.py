@@ -9,15 +9,17 @@ least one channel; Linear layers (the classifier) are never pruned.
                           --iter_start..--iter_end (published: 15 steps; VGG16 0.301, 0.513, 0.659, ...)
     --m_prune oneshot     prune the dense model directly to each channel sparsity in --oneshot
 
---pruner picks the filter importance: l1, l2, taylor (Σ|g·w| over --taylor_batches batches), lamp (LAMP
-on filter norms); --scope local (every group loses the same fraction, published) or global (one
-ranking over all groups). Outputs in {work_dir}/{m_name}/structured_{iterative|oneshot}/:
+--pruner picks the filter importance, Torch-Pruning's group importances as published (see
+utils/structured_importance.py): l1, l2 (group magnitude over the filters, BatchNorm weights and
+consumer columns), lamp, taylor (|w·g| from --importance_batches training batches, published 1),
+hessian (OBD from per-sample gradients of --importance_batches batches, published 4); --scope local
+(every group loses the same fraction, published) or global (the library's one ranking over all groups). Outputs in {work_dir}/{m_name}/structured_{iterative|oneshot}/:
 {m_name}_{channel sparsity}.pth, prune_log.jsonl, prune_results.csv (channel sparsity, weight
 sparsity, parameter and MAC ratios of the compact model, val and test accuracy),
 accuracy_vs_sparsity.png; with --save_compact also {m_name}_{sparsity}_compact.pth (filters removed).
 """
 import argparse
-import os
+import itertools
 
 from models import MODEL_NAMES, canonical_model_name, model_loader, model_spec
 from utils import cli
@@ -28,9 +30,9 @@ from utils.masks import model_sparsity
 from utils.metrics import model_cost
 from utils.progress import log
 from utils.pruning_run import PruningPlan, add_finetune_args, run_pruning
-from utils.saliency import weight_saliency
-from utils.structured import (IMPORTANCE, SCOPES, add_structured_masks, channel_groups, channel_sparsity,
-                              check_importance, prune_channels)
+from utils.structured import SCOPES, add_structured_masks, channel_groups, channel_sparsity
+from utils.structured_importance import (GRADIENT_IMPORTANCE, IMPORTANCE, PUBLISHED_GRADIENT_BATCHES,
+                                         check_importance, prune_channels)
 
 MODES = {"iterative": "iterative", "iterate": "iterative", "oneshot": "oneshot"}
 
@@ -47,7 +49,8 @@ def get_args_parser():
     p.add_argument("--iter_end", "--iterative_steps", dest="iter_end", type=int, default=15)
     p.add_argument("--oneshot", type=float, nargs="+", default=[0.5, 0.7, 0.9],
                    help="oneshot: target channel sparsities, each pruned directly from the dense model")
-    p.add_argument("--taylor_batches", type=int, default=10, help="training batches for the taylor importance")
+    p.add_argument("--importance_batches", "--taylor_batches", dest="importance_batches", type=int, default=None,
+                   help="training batches for the taylor / hessian importance (default: published 1 / 4)")
     p.add_argument("--save_compact", action="store_true", help="also write each level with its filters removed")
     add_finetune_args(p)
     cli.add_data_args(p)
@@ -71,13 +74,13 @@ def main(args):
         + (", ".join(f"{g.root} x{g.cost}" for g in groups if g.cost > 1) or "none"))
     dense_cost = model_cost(model_loader(args.m_name), size)
 
+    n_batches = args.importance_batches or PUBLISHED_GRADIENT_BATCHES.get(args.pruner, 0)
+    if args.pruner in GRADIENT_IMPORTANCE and n_batches < 1:
+        raise BridgeError(f"--importance_batches must be at least 1 for --pruner {args.pruner}")
+
     def prune(model, amount, data):
-        taylor = None
-        if args.pruner == "taylor":
-            convs = [n for g in groups for n, _ in g.convs]
-            _, taylor = weight_saliency(model, data.train, convs, next(model.parameters()).device,
-                                        max_batches=args.taylor_batches, with_taylor=True)
-        prune_channels(model, groups, amount, args.pruner, args.scope, taylor)
+        batches = list(itertools.islice(data.train, n_batches)) if args.pruner in GRADIENT_IMPORTANCE else None
+        prune_channels(model, args.m_name, amount, args.pruner, args.scope, batches)
 
     def extra_metrics(model):
         compact = export_compact(model, args.m_name)

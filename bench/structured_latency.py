@@ -17,7 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from models import model_loader, model_spec  # noqa: E402
 from utils.compact import check_equivalence, export_compact, latency_ms  # noqa: E402
 from utils.metrics import model_cost  # noqa: E402
-from utils.structured import add_structured_masks, channel_groups, channel_sparsity, prune_channels  # noqa: E402
+from utils.structured import add_structured_masks, channel_sparsity  # noqa: E402
+from utils.structured_importance import prune_channels  # noqa: E402
 
 
 def main():
@@ -47,7 +48,7 @@ def main():
             masked = model_loader(name)
             masked.load_state_dict(dense.state_dict())
             masked = add_structured_masks(masked).eval()
-            prune_channels(masked, channel_groups(name), target, "l1")
+            prune_channels(masked, name, target, "l1")
             compact = export_compact(masked, name)
             diff = check_equivalence(masked, compact, size)
             cost = model_cost(compact, size)

@@ -7,8 +7,8 @@ import torch.nn as nn
 from models import model_loader
 from utils.compact import check_equivalence, export_compact, load_compact, save_compact
 from utils.masks import count_pruned_params
-from utils.structured import (add_structured_masks, alive_channels, channel_groups, channel_sparsity, filter_counts,
-                              group_importance, lamp_transform, prune_channels, set_channels)
+from utils.structured import add_structured_masks, alive_channels, channel_groups, channel_sparsity, filter_counts, set_channels
+from utils.structured_importance import prune_channels
 from utils.structured_regrowth import FilterRegrower, group_capacities, restore_channels
 
 
@@ -64,7 +64,7 @@ def test_resnet_stage_channels_are_coupled():
 def test_pruned_channel_is_exactly_zero_after_batchnorm(name):
     model = _masked(name)
     groups = channel_groups(name)
-    prune_channels(model, groups, 0.3, "l1")
+    prune_channels(model, name, 0.3, "l1")
     outs = {}
     hooks = [m.register_forward_hook(lambda mod, i, o, n=n: outs.__setitem__(n, o.detach().clone()))  # before an in-place ReLU
              for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
@@ -86,9 +86,9 @@ def test_per_step_counts_are_exact():
     groups = channel_groups("vgg16")
     expected_alive = {g.root: g.size for g in groups}
     for step in range(3):
-        prune_channels(model, groups, 0.3, "l2")
+        prune_channels(model, "vgg16", 0.3, "l2")
         for g in groups:
-            expected_alive[g.root] = max(1, int(expected_alive[g.root] * 0.7 + 1e-9))
+            expected_alive[g.root] = int(expected_alive[g.root] * (1 - 0.3))  # Torch-Pruning's local rule
             assert int(alive_channels(model, g).sum()) == expected_alive[g.root]
     pruned, total = filter_counts(model)
     assert total == 4224 and pruned == 4224 - sum(expected_alive.values())
@@ -99,27 +99,51 @@ def test_every_group_keeps_a_channel_and_linear_is_never_pruned():
     model = _masked("resnet20")
     groups = channel_groups("resnet20")
     for _ in range(12):
-        prune_channels(model, groups, 0.5, "l1")
+        prune_channels(model, "resnet20", 0.5, "l1")
     assert all(int(alive_channels(model, g).sum()) == 1 for g in groups)
     assert torch.all(model.linear.weight_mask == 1)
 
 
-def test_global_scope_prunes_the_requested_filters():
+def test_a_step_that_would_empty_a_layer_leaves_its_group_untouched():
+    """int(16 * 0.05) = 0 channels left: Torch-Pruning skips such a group (check_pruning_group), as published."""
+    model = _masked("resnet20")
+    prune_channels(model, "resnet20", 0.95, "l1")
+    for g in channel_groups("resnet20"):
+        keep = int(g.size * (1 - 0.95))
+        assert int(alive_channels(model, g).sum()) == (keep if keep else g.size)
+
+
+def test_global_scope_prunes_the_requested_channels():
     model = _masked("vgg16")
-    groups = channel_groups("vgg16")
-    removed = prune_channels(model, groups, 0.4, "lamp", scope="global")
-    assert abs(removed - round(0.4 * 4224)) <= 1
+    removed = prune_channels(model, "vgg16", 0.4, "lamp", scope="global")
+    assert removed == 4224 - int(4224 * (1 - 0.4))  # vgg16 has no coupled groups: channels = filters
     assert filter_counts(model)[0] == removed
 
 
-def test_importance_prunes_the_smallest_filters():
-    model = _masked("vgg16")
-    g = channel_groups("vgg16")[3]
-    score = group_importance(model, g, "l1")
-    prune_channels(model, [g], 0.25, "l1")
-    dead = ~alive_channels(model, g)
+def _published_l1_group_score(model, g):
+    """Group L1 written out: mean over members of Σ|filter| (convs), |γ| (BatchNorm), Σ|column| (consumers), / mean."""
+    mods = dict(model.named_modules())
+    weight = lambda m: (m.weight_orig * m.weight_mask if hasattr(m, "weight_mask") else m.weight).detach()  # noqa: E731
+    terms = [weight(mods[n])[list(i)].abs().flatten(1).sum(1) for n, i in g.convs]
+    terms += [weight(mods[n])[list(i)].abs() for n, i in g.norms]
+    terms += [weight(mods[n]).transpose(0, 1)[list(i)].abs().flatten(1).sum(1) for n, i in g.consumers]
+    score = torch.stack(terms).mean(0)
+    return score / score.mean()
+
+
+def test_l1_importance_scores_the_whole_group():
+    """The stem group of resnet20 (4 convs, 4 BatchNorms, 7 consumers): the lowest group-L1 channels go."""
+    model = _masked("resnet20")
+    stem = next(g for g in channel_groups("resnet20") if g.root == "conv1")
+    score = _published_l1_group_score(model, stem)
+    prune_channels(model, "resnet20", 0.25, "l1")
+    dead = ~alive_channels(model, stem)
+    assert int(dead.sum()) == 4
     assert score[dead].max() <= score[~dead].min()
-    assert torch.allclose(lamp_transform(torch.tensor([2.0, 1.0])), torch.tensor([1.0, 1.0 / 5.0]))
+    # a filter-only score would pick other channels here: the BatchNorm and consumer terms matter
+    filters_only = torch.stack([dict(model.named_modules())[n].weight_orig.detach()[list(i)].abs().flatten(1).sum(1)
+                                for n, i in stem.convs]).mean(0)
+    assert set(torch.topk(filters_only, 4, largest=False).indices.tolist()) != set(torch.nonzero(dead).flatten().tolist())
 
 
 def test_regrown_filters_take_dense_values():
@@ -130,7 +154,7 @@ def test_regrown_filters_take_dense_values():
     sparse.load_state_dict(dense_state)
     add_structured_masks(sparse)
     groups = channel_groups("resnet20")
-    prune_channels(sparse, groups, 0.5, "l1")
+    prune_channels(sparse, "resnet20", 0.5, "l1")
     with torch.no_grad():  # training moved the weights since pruning
         for n, p in sparse.named_parameters():
             p.mul_(0.5)
@@ -163,7 +187,7 @@ def test_regrown_filters_take_dense_values():
 @pytest.mark.parametrize("name", ["vgg16", "resnet20", "effnet"])
 def test_compact_model_matches_masked_model(name, tmp_path):
     model = _masked(name)
-    prune_channels(model, channel_groups(name), 0.5, "l1")
+    prune_channels(model, name, 0.5, "l1")
     compact = export_compact(model, name)
     assert check_equivalence(model, compact, 32) < 1e-4
     full = sum(p.numel() for p in model_loader(name).parameters())
@@ -182,3 +206,86 @@ def test_set_channels_round_trip():
     assert count_pruned_params(model)[2] == 2 * 27  # two 3x3x3 filters
     restore_channels(model, g, [0, 5], {k: v for k, v in model_loader("vgg16").state_dict().items()}, "zero")
     assert bool(alive_channels(model, g).all())
+
+
+def _published_pruning(model, name, criterion, ratio, steps, batches, global_pruning=False):
+    """The published pipeline on a plain copy: a new MagnitudePruner per step, filters removed physically,
+    dense indices tracked per conv as the published index maps do. Returns {conv: surviving dense rows} after each step."""
+    import torch.nn.functional as F
+    import torch_pruning as tp
+
+    from models import model_spec
+
+    size = model_spec(name).input_size
+    names = {m: n for n, m in model.named_modules()}
+    survivors = {n: list(range(m.out_channels)) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    importances = {"l1": lambda: tp.importance.MagnitudeImportance(p=1), "l2": lambda: tp.importance.MagnitudeImportance(p=2),
+                   "lamp": tp.importance.LAMPImportance, "taylor": tp.importance.TaylorImportance,
+                   "hessian": tp.importance.HessianImportance}
+    history = []
+    for _ in range(steps):
+        importance = importances[criterion]()
+        model.train()
+        model.zero_grad()
+        for x, y in batches if criterion in ("taylor", "hessian") else []:
+            if criterion == "taylor":
+                F.cross_entropy(model(x), y).backward()
+            else:
+                for loss in F.cross_entropy(model(x), y, reduction="none"):
+                    model.zero_grad()
+                    loss.backward(retain_graph=True)
+                    importance.accumulate_grad(model)
+        model.eval()
+        pruner = tp.pruner.MagnitudePruner(model, torch.randn(1, 3, size, size), importance=importance, iterative_steps=1,
+                                           pruning_ratio=ratio, global_pruning=global_pruning,
+                                           ignored_layers=[m for m in model.modules() if isinstance(m, nn.Linear)])
+        for group in pruner.step(interactive=True):
+            for dep, idxs in group:
+                if isinstance(dep.target.module, nn.Conv2d) and dep.handler == tp.prune_conv_out_channels:
+                    conv = names[dep.target.module]
+                    gone = {int(i) for i in idxs}
+                    survivors[conv] = [d for k, d in enumerate(survivors[conv]) if k not in gone]
+            group.prune()
+        history.append({n: list(s) for n, s in survivors.items()})
+    return history
+
+
+def _pruned_rows(masked):
+    return {n: torch.nonzero(m.weight_mask.reshape(m.weight_mask.shape[0], -1).amax(1) == 0).flatten().tolist()
+            for n, m in masked.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2", "lamp", "taylor", "hessian"])
+@pytest.mark.parametrize("name", ["vgg16", "resnet20"])
+def test_pruned_filters_equal_torch_pruning_magnitude_pruner(name, criterion):
+    """One and two steps of 0.3: the channels masked here are the filters the published pipeline removes."""
+    from utils.masks import unmasked_state_dict
+
+    masked = _masked(name, seed=1)
+    plain = model_loader(name)
+    plain.load_state_dict(unmasked_state_dict(masked.state_dict()))
+    g = torch.Generator().manual_seed(2)
+    batches = [(torch.randn(6, 3, 32, 32, generator=g), torch.randint(0, 10, (6,), generator=g))]
+    survivors = _published_pruning(plain, name, criterion, 0.3, 2, batches)
+    widths = {n: m.out_channels for n, m in masked.named_modules() if isinstance(m, nn.Conv2d)}
+    for step in range(2):
+        prune_channels(masked, name, 0.3, criterion, batches=batches)
+        ours = _pruned_rows(masked)
+        published = {n: sorted(set(range(widths[n])) - set(s)) for n, s in survivors[step].items()}
+        assert ours == published, f"step {step + 1}"
+        for grp in channel_groups(name):  # and group by group, the coupled members agree
+            dead = torch.nonzero(~alive_channels(masked, grp)).flatten().tolist()
+            for conv, idxs in grp.convs:
+                assert sorted(idxs[c] for c in dead) == published[conv]
+
+
+def test_global_scope_equals_torch_pruning_global_ranking():
+    from utils.masks import unmasked_state_dict
+
+    masked = _masked("resnet20", seed=3)
+    plain = model_loader("resnet20")
+    plain.load_state_dict(unmasked_state_dict(masked.state_dict()))
+    survivors = _published_pruning(plain, "resnet20", "l1", 0.3, 1, [], global_pruning=True)
+    prune_channels(masked, "resnet20", 0.3, "l1", scope="global")
+    widths = {n: m.out_channels for n, m in masked.named_modules() if isinstance(m, nn.Conv2d)}
+    assert _pruned_rows(masked) == {n: sorted(set(range(widths[n])) - set(s)) for n, s in survivors[0].items()}

@@ -37,6 +37,18 @@ def test_prune_structure_outputs(structured):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("pruner", ["taylor", "hessian"])
+def test_prune_structure_gradient_importances_through_the_cli(structured, tmp_path, pruner):
+    """The gradient importances run from the script (one level, one training batch for the gradients)."""
+    dense = os.path.join(structured, "resnet20", "checkpoint", "ckpt.pth")
+    run_script("prune_structure.py", DATA + ["--work_dir", str(tmp_path), "--dense_ckpt", dense, "--iter_end", "1",
+                                             "--finetune_steps", "1", "--pruner", pruner, "--importance_batches", "1",
+                                             "--batch_size", "16"])
+    ck = torch.load(os.path.join(tmp_path, "resnet20", "structured_iterative", "resnet20_0.3125.pth"), weights_only=True)
+    assert ck["sparsity"] == pytest.approx(0.3125) and ck["args"]["pruner"] == pruner
+
+
+@pytest.mark.slow
 def test_structured_oneshot_regrowth(structured, tmp_path):
     start = os.path.join(structured, "resnet20", "structured_iterative", "resnet20_0.6875.pth")
     save = str(tmp_path / "srg")

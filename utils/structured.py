@@ -13,7 +13,8 @@ makes a masked channel physically removable (`utils.compact`). A group's cost is
 convs in it: restoring one channel of a ResNet stage restores one filter in each of its convs.
 
 Structured sparsity = pruned filters / all Conv2d filters (the published metric), counted from the
-masks: a filter is pruned when its whole weight-mask row is zero.
+masks: a filter is pruned when its whole weight-mask row is zero. Which filters a pruning step
+removes (the published Torch-Pruning importances) is `utils.structured_importance`.
 """
 import functools
 from dataclasses import dataclass
@@ -22,10 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.prune as prune
 
-from utils.errors import BridgeError, UnknownChoiceError
 from utils.masks import add_masks, has_mask
 
-IMPORTANCE = ("l1", "l2", "taylor", "lamp")
 SCOPES = ("local", "global")
 
 
@@ -157,107 +156,6 @@ def filter_counts(model):
 def channel_sparsity(model):
     pruned, total = filter_counts(model)
     return pruned / total if total else 0.0
-
-
-def _filter_magnitude(weight, p):
-    w = weight.detach().float().reshape(weight.shape[0], -1)
-    return w.abs().sum(1) if p == 1 else w.norm(dim=1)
-
-
-def lamp_transform(scores):
-    """LAMP on a vector of filter scores: s_i^2 / sum of s_j^2 over entries at least as large."""
-    s = scores.float() ** 2
-    sorted_s, order = torch.sort(s)
-    tail = sorted_s.flip(0).cumsum(0).flip(0).clamp_min(torch.finfo(torch.float32).tiny)
-    out = torch.empty_like(s)
-    out[order] = sorted_s / tail
-    return out
-
-
-def group_importance(model, group, criterion, taylor=None):
-    """Importance of each channel of a group (higher = keep).
-
-    l1 / l2: filter norms of each member conv, each divided by that conv's mean over alive channels
-    (so convs of different sizes weigh alike), averaged over the members; taylor: the same with
-    sum |g * w| per filter (from `taylor`, {conv name: per-weight |g*w|}); lamp: LAMP of the l2 score.
-    """
-    mods = _modules(model)
-    alive = alive_channels(model, group)
-    total = torch.zeros(group.size)
-    for name, idxs in group.convs:
-        m = mods[name]
-        w = m.weight_orig * m.weight_mask if has_mask(m) else m.weight
-        if criterion == "taylor":
-            if taylor is None or name not in taylor:
-                raise BridgeError("taylor importance needs gradients (taylor scores) for every conv")
-            per = taylor[name].reshape(taylor[name].shape[0], -1).sum(1)
-        else:
-            per = _filter_magnitude(w, 1 if criterion == "l1" else 2)
-        per = per.cpu()[torch.as_tensor(idxs)]
-        mean = per[alive].mean() if alive.any() else per.mean()
-        total += per / mean.clamp_min(1e-12)
-    total /= max(len(group.convs), 1)
-    if criterion == "lamp":
-        total = lamp_transform(total)
-    return total
-
-
-def check_importance(criterion):
-    if criterion not in IMPORTANCE:
-        raise UnknownChoiceError("importance", criterion, IMPORTANCE)
-    return criterion
-
-
-@torch.no_grad()
-def prune_channels(model, groups, amount, criterion="l1", scope="local", taylor=None):
-    """Prune `amount` of the alive channels (local: of each group; global: of all, by importance).
-
-    Local keeps max(1, floor(alive * (1 - amount))) channels per group (the published torch-pruning
-    rule); global ranks every alive channel of every group by importance and removes the lowest-scored
-    ones until round(amount * alive filters) filters are gone (a coupled group's channel counts all its
-    filters, so the count can overshoot by one group's cost), keeping >= 1 channel per group.
-    Returns the number of filters pruned.
-    """
-    check_importance(criterion)
-    if scope not in SCOPES:
-        raise UnknownChoiceError("pruning scope", scope, SCOPES)
-    if not 0.0 <= amount < 1.0:
-        raise BridgeError(f"pruning amount must be in [0, 1), got {amount}")
-    plan = []
-    if scope == "local":
-        for g in groups:
-            alive = alive_channels(model, g)
-            n_alive = int(alive.sum())
-            keep = max(1, int(n_alive * (1.0 - amount) + 1e-9))
-            if n_alive - keep <= 0:
-                continue
-            score = group_importance(model, g, criterion, taylor).masked_fill(~alive, float("inf"))
-            plan.append((g, torch.topk(score, n_alive - keep, largest=False).indices.tolist()))
-    else:
-        entries, alive_filters = [], 0
-        for gi, g in enumerate(groups):
-            alive = alive_channels(model, g)
-            alive_filters += int(alive.sum()) * g.cost
-            score = group_importance(model, g, criterion, taylor)
-            entries += [(float(score[c]), gi, c) for c in torch.nonzero(alive).flatten().tolist()]
-        target = round(amount * alive_filters)
-        left = {gi: int(alive_channels(model, g).sum()) for gi, g in enumerate(groups)}
-        chosen = {gi: [] for gi in range(len(groups))}
-        removed = 0
-        for score, gi, c in sorted(entries):
-            if removed >= target:
-                break
-            if left[gi] <= 1:
-                continue
-            chosen[gi].append(c)
-            left[gi] -= 1
-            removed += groups[gi].cost
-        plan = [(groups[gi], cs) for gi, cs in chosen.items() if cs]
-    removed = 0
-    for g, cs in plan:
-        set_channels(model, g, cs, alive=False)
-        removed += len(cs) * g.cost
-    return removed
 
 
 def group_table(model, groups):
