@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
 
-.PHONY: install demo test test-fast clean-demo
+.PHONY: install demo test test-fast clean-demo gpu-smoke
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,3 +26,7 @@ test-fast: $(STAMP)
 
 clean-demo:
 	rm -rf runs/demo
+
+# CUDA smoke test of every stage (DEVICE=cpu for a dry run); see README "GPU"
+gpu-smoke: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH bash scripts/gpu_smoke.sh

@@ -43,6 +43,8 @@ def test_cpu_features_from_cpuinfo(tmp_path):
     assert epyc.flags == {"avx2": True, "avx512f": False, "avx512_bf16": False, "amx_bf16": False}  # whole words
     assert epyc.threads == torch.get_num_threads() and epyc.cores >= 1
     assert "avx512f no" in epyc.describe() and "AMD EPYC 7B12" in epyc.describe()
+    # --precision auto takes bf16 only where it runs natively: avx512fp16x is not avx512f
+    assert xeon.fast_bf16 and not epyc.fast_bf16
 
 
 def test_cpu_features_without_proc_cpuinfo(tmp_path, monkeypatch):

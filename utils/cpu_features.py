@@ -21,6 +21,11 @@ class CpuFeatures:
     cores: int = 1                            # CPUs this process may run on
     source: str = ""                          # where the flags came from
 
+    @property
+    def fast_bf16(self):
+        """Native bf16 dot products or AVX-512, where oneDNN's bf16 kernels beat fp32 (else bf16 is emulated)."""
+        return any(self.flags.get(f) for f in ("avx512_bf16", "amx_bf16", "avx512f"))
+
     def describe(self):
         def mark(v):
             return "?" if v is None else ("yes" if v else "no")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from utils.cpu_features import cpu_features
 from utils.errors import BridgeError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -151,11 +152,7 @@ def keep_freed_host_memory(device="cpu"):
 
 def cpu_supports_bf16():
     """True when this CPU has native bf16 dot products or AVX-512 (where oneDNN's bf16 kernels win)."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return any(f in flags for f in ("avx512_bf16", "amx_bf16", "avx512f", "avx512bw"))
+    return cpu_features().fast_bf16
 
 
 @dataclass(frozen=True)
