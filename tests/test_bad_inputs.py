@@ -84,7 +84,7 @@ CASES = [
     ("prune_u", lambda w: ["--iter_start", "3", "--iter_end", "3", "--work_dir", w] + DIGITS,
      "level 2 is needed to start at level 3"),
     ("prune_s", lambda w: ["--m_name", "resnet20", "--pruner", "random", "--work_dir", w] + DIGITS,
-     "unknown importance 'random'; valid: l1, l2, taylor, lamp"),
+     "unknown importance 'random'; valid: l1, l2, lamp, taylor, hessian"),
     ("prune_s", lambda w: ["--m_name", "resnet20", "--ratio_per_step", "1.0", "--work_dir", w] + DIGITS,
      "--ratio_per_step must be in [0, 1)"),
     ("oneshot", lambda w: ["--m_name", "resnet20", "--regrow_step", "1.5", "--work_dir", w] + DIGITS,
