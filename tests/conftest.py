@@ -1,5 +1,6 @@
 """Shared fixtures: small models, tiny data folders, and helpers that run the stage scripts."""
 import atexit
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -18,6 +19,15 @@ if "BRIDGE_CACHE_DIR" not in os.environ:
     os.environ["BRIDGE_CACHE_DIR"] = tempfile.mkdtemp(prefix="bridge-test-cache-")
     atexit.register(shutil.rmtree, os.environ["BRIDGE_CACHE_DIR"], ignore_errors=True)
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def load_script(relative_path):
+    """A script outside the packages (bench/, scripts/) imported as a module, for testing its functions."""
+    path = os.path.join(ROOT, relative_path)
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class TinyNet(nn.Module):

@@ -1,23 +1,20 @@
 """The throughput bench's clocks wait for CUDA, and its machine header (CPU features, auto precision)."""
 import ast
-import importlib.util
 import os
 
 import pytest
 import torch
 
+from tests.conftest import ROOT, load_script
 from utils import cpu_features as cf
 from utils.runtime import resolve_precision
 
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "train_throughput.py")
+BENCH = os.path.join(ROOT, "bench", "train_throughput.py")
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("train_throughput", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/train_throughput.py")
 
 
 XEON = """processor\t: 0

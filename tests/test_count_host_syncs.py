@@ -1,20 +1,15 @@
 """scripts/count_host_syncs.py: counts only sync warnings, restores the debug mode, runs as a CPU dry run."""
-import importlib.util
-import os
 import warnings
 
 import pytest
 import torch
 
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "count_host_syncs.py")
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def counter():
-    spec = importlib.util.spec_from_file_location("count_host_syncs", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/count_host_syncs.py")
 
 
 def test_counts_sync_warnings_only_and_restores_the_mode(counter, monkeypatch):
