@@ -131,7 +131,7 @@ def load_runs(paths, m_name):
             args = s.get("args") or _args_from_checkpoint(os.path.dirname(path))
             if "iterations" in s:
                 its = s["iterations"]
-                start, end = its[0], its[-1]
+                start = its[0]
                 row = {"type": "iterative", "start_sparsity": start["sparsity"], "start_test_acc": start["test_acc"],
                        "start_val_acc": start["val_acc"], "final_sparsity": s["final_sparsity"],
                        "val_acc": s["final_val_acc"], "test_acc": s["final_test_acc"], "steps": len(its) - 1}

@@ -1,5 +1,4 @@
 """Saliency against a naive per-batch autograd computation."""
-import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

@@ -35,7 +35,7 @@ from utils.errors import BridgeError
 from utils.progress import bar, log
 from utils.records import append_jsonl, read_jsonl, write_jsonl
 from utils.runtime import rng_state, set_rng_state, set_seed
-from utils.training import adamw_finetune_optimizer, clone_state, evaluate, finetune
+from utils.training import adamw_finetune_optimizer, clone_state, finetune
 
 
 LR_SCHEDULES = ("constant", "cosine")  # mini-finetune learning rate: published constant, or annealed to 0
