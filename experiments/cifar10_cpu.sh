@@ -2,7 +2,7 @@
 # The CIFAR-10 study: does regrowing from a very sparse model beat pruning straight to the same sparsity,
 # and does the SSIM + RL allocation beat simpler allocations, at equal sparsity and equal finetune budget?
 #
-#   bash experiments/cifar10_cpu.sh            # ~100 min on a 2-core CPU; results/cifar10_cpu/
+#   bash experiments/cifar10_cpu.sh            # ~100 min on a 2-core AVX-512 CPU (5-6 h estimated on AVX2-only); results/cifar10_cpu/
 #
 # Stages (each one is a project script; a finished stage is skipped when the script runs again, so an
 # interrupted study continues where it stopped):
