@@ -74,7 +74,8 @@ def main(args):
         + (", ".join(f"{g.root} x{g.cost}" for g in groups if g.cost > 1) or "none"))
     dense_cost = model_cost(model_loader(args.m_name), size)
 
-    n_batches = args.importance_batches or PUBLISHED_GRADIENT_BATCHES.get(args.pruner, 0)
+    n_batches = (PUBLISHED_GRADIENT_BATCHES.get(args.pruner, 0) if args.importance_batches is None
+                 else args.importance_batches)
     if args.pruner in GRADIENT_IMPORTANCE and n_batches < 1:
         raise BridgeError(f"--importance_batches must be at least 1 for --pruner {args.pruner}")
 

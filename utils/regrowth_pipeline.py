@@ -299,9 +299,11 @@ def final_finetune(setup, model, weight_idx, epochs, desc="final finetune"):
     args = setup.args
     res = None
     regrown_only = args.finetune_scope == "regrown"
-    if epochs and epochs > 0 and regrown_only and not any(idx.numel() for idx in weight_idx.values()):
+    if not epochs or epochs <= 0:
+        pass
+    elif regrown_only and not any(idx.numel() for idx in weight_idx.values()):
         log(f"{desc}: nothing was regrown, so --finetune_scope regrown has no weights to train; skipped")
-    elif epochs and epochs > 0:
+    else:
         after = restrict_to_regrown(model, weight_idx) if regrown_only else None
         params = [p for p in model.parameters() if p.requires_grad]
         weight_decay = 0.0 if regrown_only else 0.01
