@@ -29,6 +29,7 @@ from utils.regrowth import (INIT_ALIASES, INIT_STRATEGIES, WeightRegrower, canon
 from utils.regrowth_kinds import UnstructuredKind
 from utils.regrowth_pipeline import mini_finetune_steps, prepare, work_model_like
 from utils.regrowth_search import RegrowthEnv
+from utils.reward_proxies import MiniFinetuneProxy
 from utils.runtime import Precision
 from utils.stats import correlations, mean_std
 from utils.training import clone_state
@@ -100,8 +101,8 @@ def main(args):
         + (f"{args.regrow_frac:g} of its capacity" if args.regrow_frac is not None else f"{count:,} weights"))
     rows = {n: {"layer": n, "ssim": ssim.get(n), "capacity": caps[n], "regrown": budget[n]} for n in layers}
     for seed in args.seeds:
-        env = RegrowthEnv(work, start, regrower, setup.reward_train, setup.reward_val, setup.device, setup.precision, steps,
-                          lambda sp: 0.0, 0.0, setup.total_weights, seed)
+        env = RegrowthEnv(work, start, regrower, setup.reward_train, setup.reward_val, setup.device, setup.precision,
+                          MiniFinetuneProxy(steps), lambda sp: 0.0, 0.0, setup.total_weights, seed)
         base = env.evaluate({}, 1, episode=0).val_acc  # the same mini-finetune, nothing regrown
         for i, n in enumerate(layers):
             res = env.evaluate({n: budget[n]}, budget[n], episode=i + 1)

@@ -27,6 +27,7 @@ from utils.pruners import PRUNERS  # noqa: E402
 from utils.regrowth import WeightRegrower  # noqa: E402
 from utils.regrowth_pipeline import FAST_PRESET  # noqa: E402
 from utils.regrowth_search import RegrowthEnv  # noqa: E402
+from utils.reward_proxies import MiniFinetuneProxy  # noqa: E402
 from utils.runtime import resolve_precision, to_device  # noqa: E402
 from utils.training import clone_state  # noqa: E402
 
@@ -72,8 +73,7 @@ def main():
           f"{'outside training steps':>23}")
     for label, train, val, steps, schedule, repeats in settings:
         env = RegrowthEnv(to_device(model_loader("resnet20"), "cpu", precision), None, regrower, train, val, "cpu",
-                          precision, steps, lambda sp: 0.0, 0.0, 270896, 0, lr_schedule=schedule,
-                          repeats=repeats)
+                          precision, MiniFinetuneProxy(steps, schedule, repeats), lambda sp: 0.0, 0.0, 270896, 0)
         env.model = add_masks(env.model)
         env.start_state = clone_state(sparse)
         t0 = time.perf_counter()

@@ -96,7 +96,7 @@ def test_episode_lr_schedule(schedule, monkeypatch):
     """The mini-finetune keeps the published constant lr, or anneals it to 0 over exactly its steps."""
     import torch.nn as nn
 
-    import utils.regrowth_search as search
+    import utils.reward_proxies as proxies
     from utils.regrowth import WeightRegrower
     from utils.regrowth_search import RegrowthEnv
 
@@ -104,7 +104,7 @@ def test_episode_lr_schedule(schedule, monkeypatch):
     model = add_masks(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)))
     PRUNERS["glob"](model, 0.5)
     batches = [(torch.randn(8, 3, 8, 8), torch.randint(0, 3, (8,))) for _ in range(3)]
-    lrs, real = [], search.finetune
+    lrs, real = [], proxies.finetune
 
     def recording_finetune(*a, **k):
         opt = a[3]
@@ -112,14 +112,14 @@ def test_episode_lr_schedule(schedule, monkeypatch):
         lrs.append(opt.param_groups[0]["lr"])  # after the last scheduler step
         return res
 
-    monkeypatch.setattr(search, "finetune", recording_finetune)
+    monkeypatch.setattr(proxies, "finetune", recording_finetune)
     saliency = {n: torch.rand(m.weight_mask.shape) for n, m in masked_modules(model)}
     from utils.training import clone_state
 
     from utils.runtime import Precision
 
     env = RegrowthEnv(model, clone_state(model), WeightRegrower(saliency, None, "zero"), batches, batches, "cpu",
-                      Precision(), 5, lambda s: 0.0, 0.0, 100, 0, lr=1e-3, lr_schedule=schedule)
+                      Precision(), proxies.MiniFinetuneProxy(5, schedule, lr=1e-3), lambda s: 0.0, 0.0, 100, 0)
     env.evaluate({"0": 2}, 2, 0)
     assert len(lrs) == 6  # 5 steps (3 + 2 over two passes) + the final value
     if schedule == "constant":
@@ -128,7 +128,7 @@ def test_episode_lr_schedule(schedule, monkeypatch):
         expected = [1e-3 * (1 + math.cos(math.pi * t / 5)) / 2 for t in range(1, 6)]
         assert lrs[:5] == pytest.approx(expected, abs=1e-9) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(Exception, match="schedule"):
-        RegrowthEnv(model, None, None, batches, batches, "cpu", None, 5, None, 0.0, 100, 0, lr_schedule="step")
+        proxies.MiniFinetuneProxy(5, "step")
 
 
 def test_reward_repeats_average_runs_with_consecutive_seeds():
@@ -138,6 +138,7 @@ def test_reward_repeats_average_runs_with_consecutive_seeds():
 
     from utils.regrowth import WeightRegrower
     from utils.regrowth_search import RegrowthEnv
+    from utils.reward_proxies import MiniFinetuneProxy
     from utils.runtime import Precision
     from utils.training import clone_state
 
@@ -155,7 +156,7 @@ def test_reward_repeats_average_runs_with_consecutive_seeds():
 
     def env(seed, repeats):
         return RegrowthEnv(model, start, WeightRegrower(saliency, None, "zero"), Shuffled(data), val, "cpu",
-                           Precision(), 3, lambda s: 10.0, 0.0, 100, seed, lr=0.05, repeats=repeats)
+                           Precision(), MiniFinetuneProxy(3, repeats=repeats, lr=0.05), lambda s: 10.0, 0.0, 100, seed)
 
     singles = [env(7 + k, 1).evaluate({"0": 5}, 5, 0) for k in range(3)]
     assert len({r.val_acc for r in singles}) > 1  # the seeds really give different runs

@@ -104,6 +104,41 @@ def test_oneshot_other_allocators(pipeline, tmp_path, allocator):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("proxy", ["bn", "saliency"])
+def test_oneshot_search_with_a_cheap_reward_proxy_through_the_cli(pipeline, tmp_path, proxy):
+    """--reward_proxy bn / saliency: a whole search and final finetune; the episodes log what the proxy measured
+    and bn never trains (the best state's weights are the regrown ones)."""
+    save = str(tmp_path / "rg")
+    extra = ["--reward_proxy", proxy, "--init_strategy", "reference", "--bn_batches", "2", "--finetune_epochs", "0"]
+    if proxy == "bn":
+        extra += ["--reward_metric", "loss"]
+    proc = run_script("regrowth_oneshot.py", _oneshot_args(pipeline, save, *extra))
+    out_dir = os.path.join(save, "resnet20", "oneshot", "0.95")
+    rows = read_jsonl(os.path.join(out_dir, "episodes.jsonl"))
+    assert [r["episode"] for r in rows] == [1, 2, 3, 4]
+    summary = json.load(open(os.path.join(out_dir, "summary.json")))
+    if proxy == "bn":
+        assert all("val_loss" in r and "reference_loss" in r and "finetune_train_s" not in r for r in rows)
+        assert all(r["reward"] == pytest.approx(r["reference_loss"] - r["val_loss"] + 0.005 * r["usage"]) for r in rows)
+        assert "BatchNorm re-estimated on 2 training batches" in summary["reward_proxy"]
+    else:
+        assert all(0 <= r["saliency_share"] <= 1 for r in rows)
+        assert all(r["reward"] == pytest.approx(r["saliency_share"] + 0.005 * r["usage"]) for r in rows)
+        assert "saliency share" in proc.stdout
+
+
+def test_cheap_proxies_refuse_what_they_cannot_score(pipeline):
+    """bn with weights regrown at 0 would score every allocation alike; the iterative search needs the
+    accuracy reference of the pruning curve. Both are one-line errors."""
+    proc = run_script("regrowth_oneshot.py", _oneshot_args(pipeline, "unused", "--reward_proxy", "bn"), check=False)
+    assert proc.returncode == 2 and "init_strategy zero" in proc.stderr and "Traceback" not in proc.stderr
+    for extra in (["--reward_proxy", "saliency"], ["--reward_metric", "loss"]):
+        proc = run_script("regrowth_iterative.py", DATA + ["--work_dir", pipeline, "--save_dir", "unused", *extra],
+                          check=False)
+        assert proc.returncode == 2 and "pruning curve" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
 def test_iterative_cli_and_resume(pipeline, tmp_path):
     save = str(tmp_path / "rg")
     args = DATA + ["--work_dir", pipeline, "--save_dir", save, "--num_epochs", "2", "--num_iters", "2",

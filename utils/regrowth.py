@@ -127,6 +127,11 @@ class WeightRegrower:
         idx = apply_allocation(model, allocation, self.saliency, self.init, self.reference, generator)
         return idx, sum(int(v.numel()) for v in idx.values())
 
+    def restored_saliency(self, regrown):
+        """(saliency of the regrown positions, saliency of every position of the search layers)."""
+        restored = sum(float(self.saliency[n].reshape(-1)[i.cpu()].double().sum()) for n, i in regrown.items())
+        return restored, sum(float(s.double().sum()) for s in self.saliency.values())
+
     def sparsity(self, model):
         from utils.masks import model_sparsity
 

@@ -30,7 +30,8 @@ from utils.progress import log
 from utils.pruning_curve import load_pruning_curve
 from utils.records import WandbLog, append_jsonl, read_jsonl, write_json, write_jsonl
 from utils.regrowth import INIT_ALIASES, INIT_STRATEGIES, canonical_init
-from utils.regrowth_search import LR_SCHEDULES, RegrowthEnv, SearchConfig, ensure_best_states, run_search
+from utils.regrowth_search import RegrowthEnv, SearchConfig, ensure_best_states, run_search
+from utils.reward_proxies import LR_SCHEDULES, REWARD_METRICS, REWARD_PROXIES, make_reward_proxy
 from utils.runtime import Precision, resolve_device, resolve_precision, set_seed, to_device
 from utils.training import clone_state, evaluate, finetune
 
@@ -67,6 +68,15 @@ def add_search_args(p, *, m_name="effnet", num_epochs=400, patience=50, ssim_num
     g.add_argument("--init_strategy", default=init_default, choices=init_choices,
                    help="initial value of what is regrown (reference = the dense pretrained value)")
     g.add_argument("--saliency_batches", type=int, default=None, help="limit the saliency pass (default: one epoch)")
+    g.add_argument("--reward_proxy", default="steps", choices=REWARD_PROXIES,
+                   help="how an episode scores its regrown model: steps = the published mini-finetune (below); "
+                        "bn = BatchNorm statistics re-estimated on --bn_batches training batches, no weight update; "
+                        "saliency = the restored share of the search space's saliency, no pass at all "
+                        "(README Speed: cost and ranking quality of each)")
+    g.add_argument("--reward_metric", default="acc", choices=REWARD_METRICS,
+                   help="what the steps / bn proxies score: acc (published) or loss (reference loss - val loss; "
+                        "one-shot only)")
+    g.add_argument("--bn_batches", type=int, default=8, help="bn proxy: training batches for the statistics")
     g.add_argument("--mini_finetune_epochs", type=float, default=mini_epochs,
                    help=f"per-episode finetune length in epochs (published {mini_epochs})")
     g.add_argument("--mini_finetune_steps", type=int, default=None, help="per-episode finetune length in steps "
@@ -123,12 +133,21 @@ def validate_search_args(args, structured=False):
         args.reward_repeats = 1
     if args.reward_repeats < 1:
         raise BridgeError("--reward_repeats must be at least 1")
+    proxy = getattr(args, "reward_proxy", "steps")
+    if proxy not in REWARD_PROXIES:
+        raise UnknownChoiceError("reward proxy", proxy, REWARD_PROXIES)
+    if proxy == "bn" and getattr(args, "bn_batches", 8) < 1:
+        raise BridgeError("--bn_batches must be at least 1")
     if structured:
         from utils.structured_regrowth import check_structured_init
 
         args.init_strategy = check_structured_init(args.init_strategy)
     else:
         args.init_strategy = canonical_init(args.init_strategy)
+        if proxy == "bn" and args.init_strategy == "zero":
+            raise BridgeError("--reward_proxy bn cannot tell allocations apart with --init_strategy zero: weights "
+                              "regrown at 0 leave the model's function unchanged; use an init that changes it "
+                              "(reference, kaiming, xavier) or another proxy")
     if args.allocator not in ALLOCATORS:
         raise UnknownChoiceError("allocator", args.allocator, ALLOCATORS)
     if args.num_epochs < 1:
@@ -222,6 +241,13 @@ def mini_finetune_steps(args, steps_per_epoch):
     if args.mini_finetune_steps is not None:
         return args.mini_finetune_steps
     return max(1, int(round(args.mini_finetune_epochs * steps_per_epoch)))
+
+
+def reward_proxy(args, steps):
+    """The episodes' reward proxy from the flags (steps: the mini-finetune length, for the steps proxy)."""
+    return make_reward_proxy(args.reward_proxy, metric=args.reward_metric, steps=steps,
+                             schedule=args.mini_finetune_schedule, repeats=args.reward_repeats,
+                             bn_batches=args.bn_batches)
 
 
 def make_reinforce(args, action_space_size, budget_space_size=0, advantage="temperature", clip=100.0):
@@ -370,15 +396,15 @@ def run_oneshot(args, kind_cls, *, sparse_path, out_dir, requested, reference, s
     log(f"sparse start {sparse_path}: {kind.describe(sparse)}, val {sparse_val:.2f}, test {sparse_test:.2f}")
 
     steps = mini_finetune_steps(args, len(setup.data.train))
+    proxy = reward_proxy(args, steps)
     env = RegrowthEnv(work_model_like(setup, sparse.state_dict()), clone_state(sparse), regrower, setup.reward_train,
-                      setup.reward_val, setup.device, setup.precision, steps, ref_fn, args.budget_bonus, kind.total(),
-                      args.seed, lr_schedule=args.mini_finetune_schedule, repeats=args.reward_repeats)
+                      setup.reward_val, setup.device, setup.precision, proxy, ref_fn, args.budget_bonus, kind.total(),
+                      args.seed)
     reinforce = (make_reinforce(args, rl_options["action_space_size"], 0, rl_options["advantage"], rl_options["clip"])
                  if args.allocator == "rl" else None)
     wandb = WandbLog(args.wandb, "bridge_" + kind.stage_prefix, f"{args.m_name}_{start_sparsity:.4f}", vars(args))
-    log(f"search: allocator {args.allocator}, up to {args.num_epochs} episodes, mini-finetune {steps} steps "
-        f"({steps / len(setup.data.train):.2f} epochs, {args.mini_finetune_schedule} lr)"
-        + (f" x {args.reward_repeats} data orders" if args.reward_repeats > 1 else "") + " per episode")
+    log(f"search: allocator {args.allocator}, up to {args.num_epochs} episodes; reward proxy per episode: "
+        f"{proxy.describe()}" + (f" ({steps / len(setup.data.train):.2f} epochs)" if proxy.name == "steps" else ""))
     stage = f"{kind.stage_prefix}_oneshot"
 
     def on_best(e, result):
@@ -426,7 +452,8 @@ def run_oneshot(args, kind_cls, *, sparse_path, out_dir, requested, reference, s
         "sparse_val_acc": sparse_val, "sparse_test_acc": sparse_test, "best_episode": outcome.best_episode + 1,
         "best_reward": best.reward, "best_val_acc_after_mini_finetune": best.val_acc,
         "reference_acc_of_best": best.reference_acc, "episodes": outcome.episodes, "stop_reason": outcome.stop_reason,
-        "search_seconds": outcome.seconds, "mini_finetune_steps": steps, "final_finetune_epochs": ft_epochs,
+        "search_seconds": outcome.seconds, "mini_finetune_steps": steps, "reward_proxy": proxy.describe(),
+        "final_finetune_epochs": ft_epochs,
         "final_val_acc": val_acc, "final_test_acc": test_acc, "best_allocation": best.allocation,
         "search_layers": space.names, "ssim": space.ssim, "run_seconds": time.perf_counter() - t_run,
         "final_description": kind.describe(final), "seed": args.seed, "args": jsonable(args),
@@ -438,9 +465,9 @@ def run_oneshot(args, kind_cls, *, sparse_path, out_dir, requested, reference, s
                  f"(regrew {best.regrown:,} {kind.unit_label} of a budget of {budget:,})\n"
                  f"sparse model val acc: {sparse_val:.2f}  test acc: {sparse_test:.2f}\n"
                  f"best episode: {outcome.best_episode + 1} of {outcome.episodes} ({outcome.stop_reason})\n"
-                 f"best val acc after mini-finetune ({steps} steps): {best.val_acc:.2f} "
-                 f"(reward reference {best.reference_acc:.2f})\n"
-                 f"best reward (accuracy gain/100 + budget bonus): {best.reward:+.4f}\n"
+                 f"reward proxy: {proxy.describe()} ({args.reward_metric if proxy.name != 'saliency' else 'share'})\n"
+                 f"best episode's proxy val acc: {best.val_acc:.2f} (reward reference {best.reference_acc:.2f})\n"
+                 f"best reward (proxy gain + budget bonus): {best.reward:+.4f}\n"
                  f"final finetune: {ft_epochs:g} epochs, scope {args.finetune_scope}\n"
                  f"final val acc: {val_acc:.2f}  test acc: {test_acc:.2f}\n"
                  f"search time: {outcome.seconds:.0f} s ({outcome.seconds / 3600:.2f} h)\n"
@@ -492,6 +519,10 @@ def run_iterative(args, kind_cls, *, baseline_dir, run_dir, script, rl_options):
         cli.check_fraction(f"--{name}", getattr(args, name), low_inclusive=False)
     if args.min_budget_frac > args.max_budget_frac or args.budget_space_size < 1:
         raise BridgeError("need --min_budget_frac <= --max_budget_frac and --budget_space_size >= 1")
+    if args.reward_proxy == "saliency" or args.reward_metric == "loss":
+        raise BridgeError("the iterative search chooses the budget too, and only an accuracy set against the pruning "
+                          "curve keeps a larger budget from always winning: use --reward_metric acc with "
+                          "--reward_proxy steps or bn")
     curve = load_pruning_curve(baseline_dir)
     sparse_path = args.initial_ckpt or curve.sources[-1]
     cli.print_args(args, script)
@@ -546,8 +577,8 @@ def run_iterative(args, kind_cls, *, baseline_dir, run_dir, script, rl_options):
             break
         reference = calibrated_reference(setup, current, curve, cur_val)
         env = RegrowthEnv(work, clone_state(current), kind.regrower(space), setup.reward_train, setup.reward_val,
-                          setup.device, setup.precision, steps, reference, args.budget_bonus, kind.total(),
-                          args.seed + it, lr_schedule=args.mini_finetune_schedule, repeats=args.reward_repeats)
+                          setup.device, setup.precision, reward_proxy(args, steps), reference, args.budget_bonus,
+                          kind.total(), args.seed + it)
         reinforce = (make_reinforce(args, args.alloc_space_size, args.budget_space_size, rl_options["advantage"],
                                     rl_options["clip"]) if args.allocator == "rl" else None)
         cfg = _search_config(args, space, budget_options=budget_options, position="iterative",

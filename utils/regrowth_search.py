@@ -1,16 +1,17 @@
 """The regrowth search: evaluate allocations (episodes) and learn which one to keep.
 
 `RegrowthEnv` turns an allocation into a reward: it loads the sparse starting state into one
-preallocated working model (no deep copies), regrows by saliency, mini-finetunes (AdamW 3e-4, wd 0.01,
-best validation state kept, as the published per-episode finetune but selected on validation
-instead of test; `lr_schedule="cosine"` anneals the learning rate to 0 over the mini-finetune, which
-makes a short proxy's final weights depend less on its last few batches; `repeats=K` averages K
-mini-finetunes with different data orders, for short proxies whose single runs are noisy), and scores
+preallocated working model (no deep copies), regrows by saliency, has a reward proxy score the regrown
+model (utils/reward_proxies.py: the published mini-finetune `steps`, BatchNorm re-estimation `bn`, or
+the training-free `saliency` share) and rewards
 
-    reward = (val acc after mini-finetune - reference acc) / 100 + budget_bonus * usage
+    acc metric:       reward = (proxy val acc - reference acc) / 100 + budget_bonus * usage
+    loss metric:      reward = (reference loss - proxy val loss)  + budget_bonus * usage
+    saliency proxy:   reward = restored saliency share            + budget_bonus * usage
 
-where the reference is the sparse model's val accuracy (one-shot) or the pruning curve interpolated
-at the new sparsity (iterative), and usage = regrown / budget.
+where the reference acc is the sparse model's val accuracy (one-shot) or the pruning curve interpolated
+at the new sparsity (iterative), the reference loss the start model's loss on the reward validation
+images, and usage = regrown / budget.
 
 `run_search` drives the episodes for any allocator: the RL controller (REINFORCE updates, early
 stopping), `random` (random search over the same number of episodes) or a deterministic allocator
@@ -26,7 +27,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from data.data_loader import set_shuffle_seed
 from utils import distributed as dist
 from utils.allocators import allocate
 from utils.checkpoints import atomic_torch_save, load_state_file
@@ -34,11 +34,9 @@ from utils.controller import sample_allocation
 from utils.errors import BridgeError
 from utils.progress import bar, log
 from utils.records import append_jsonl, read_jsonl, write_jsonl
-from utils.runtime import rng_state, set_rng_state, set_seed
-from utils.training import adamw_finetune_optimizer, clone_state, finetune
-
-
-LR_SCHEDULES = ("constant", "cosine")  # mini-finetune learning rate: published constant, or annealed to 0
+from utils.reward_proxies import RewardProxy
+from utils.runtime import rng_state, set_rng_state
+from utils.training import evaluate
 
 
 @dataclass
@@ -52,7 +50,10 @@ class EpisodeResult:
     allocation: dict
     timings: dict = field(default_factory=dict)
     pre_state: dict = None    # regrown, before the mini-finetune (CPU)
-    post_state: dict = None   # after the mini-finetune, best validation epoch (CPU)
+    post_state: dict = None   # after the proxy: the mini-finetune's best validation epoch (CPU)
+    val_loss: float = math.nan        # the proxy's validation loss (nan where it measures none)
+    reference_loss: float = math.nan  # the loss metric's reference
+    saliency_share: float = math.nan  # the saliency proxy's score
 
 
 def cpu_clone(state):
@@ -67,20 +68,16 @@ def init_generator(seed, episode):
 class RegrowthEnv:
     """Scores allocations on a preallocated working model (see module docstring)."""
 
-    def __init__(self, work_model, start_state, regrower, train_loader, val_loader, device, precision, mini_steps,
-                 reference_fn, budget_bonus, total_weights, seed, lr=3e-4, weight_decay=0.01, keep_states=True,
-                 lr_schedule="constant", repeats=1):
-        if int(repeats) < 1:
-            raise BridgeError(f"reward repeats must be at least 1, got {repeats}")
-        if lr_schedule not in LR_SCHEDULES:
-            raise BridgeError(f"unknown mini-finetune lr schedule {lr_schedule!r}; "
-                              f"choose from {', '.join(LR_SCHEDULES)}")
+    def __init__(self, work_model, start_state, regrower, train_loader, val_loader, device, precision, proxy,
+                 reference_fn, budget_bonus, total_weights, seed, keep_states=True):
+        if not isinstance(proxy, RewardProxy):
+            raise BridgeError(f"a RegrowthEnv needs a reward proxy (utils/reward_proxies.py), got {proxy!r}")
         self.model, self.start_state, self.regrower = work_model, start_state, regrower
         self.train_loader, self.val_loader = train_loader, val_loader
-        self.device, self.precision = device, precision
-        self.mini_steps, self.reference_fn, self.budget_bonus = int(mini_steps), reference_fn, budget_bonus
-        self.total_weights, self.seed, self.lr, self.weight_decay = total_weights, seed, lr, weight_decay
-        self.keep_states, self.lr_schedule, self.repeats = keep_states, lr_schedule, int(repeats)
+        self.device, self.precision, self.proxy = device, precision, proxy
+        self.reference_fn, self.budget_bonus = reference_fn, budget_bonus
+        self.total_weights, self.seed, self.keep_states = total_weights, seed, keep_states
+        self._reference_loss = None
 
     def reset(self):
         self.model.load_state_dict(self.start_state)
@@ -90,42 +87,38 @@ class RegrowthEnv:
         self.reset()
         return self.regrower.apply(self.model, allocation, init_generator(self.seed, episode))
 
-    def _mini_finetune(self, seed, episode):
-        set_seed(seed)  # same dropout / data order in every episode of this environment
-        set_shuffle_seed(self.train_loader, seed)
-        opt = adamw_finetune_optimizer(self.model, self.lr, self.weight_decay)
-        sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.mini_steps, 1))
-                 if self.lr_schedule == "cosine" else None)  # stepped once per optimizer step
-        return finetune(self.model, self.train_loader, self.val_loader, opt, self.device, self.precision,
-                        steps=self.mini_steps, scheduler=sched, verbose=False, desc=f"episode {episode + 1}")
+    def reference_loss(self):
+        """The loss metric's reference: the start model's loss on the reward validation images (once)."""
+        if self._reference_loss is None:
+            self.reset()
+            self._reference_loss = evaluate(self.model, self.val_loader, self.device, self.precision)[1]
+        return self._reference_loss
 
     def evaluate(self, allocation, budget, episode):
-        """Regrow `allocation`, mini-finetune `repeats` times from the regrown state (data-order seeds
-        seed, seed + 1, ...) and score the mean best validation accuracy. post_state is the first run's."""
+        """Regrow `allocation`, let the proxy score it and compute the reward. pre_state is the regrown
+        model, post_state what the proxy left (the first mini-finetune's best state; for bn the regrown
+        weights with re-estimated BatchNorm statistics)."""
+        ref_loss = self.reference_loss() if self.proxy.metric == "loss" else math.nan
         t0 = time.perf_counter()
-        _, regrown = self.regrow(allocation, episode)
+        idx, regrown = self.regrow(allocation, episode)
         pre = cpu_clone(self.model.state_dict()) if self.keep_states else None
-        regrown_state = (pre if pre is not None else clone_state(self.model)) if self.repeats > 1 else None
         t1 = time.perf_counter()
-        accs, post, train_s, data_s = [], None, 0.0, 0.0
-        for k in range(self.repeats):
-            if k:
-                self.model.load_state_dict(regrown_state)
-            res = self._mini_finetune(self.seed + k, episode)
-            accs.append(res.best_val_acc)
-            train_s += sum(h["seconds"] for h in res.history)
-            data_s += sum(h["data_seconds"] for h in res.history)
-            if k == 0 and self.keep_states:
-                post = cpu_clone(self.model.state_dict())
-        t2 = time.perf_counter()
-        val_acc = sum(accs) / len(accs)
+        score = self.proxy.score(self, idx, episode)
+        post = cpu_clone(self.model.state_dict()) if self.keep_states else None
         sparsity = self.regrower.sparsity(self.model)
         ref = self.reference_fn(sparsity)
         usage = regrown / max(budget, 1)
-        reward = (val_acc - ref) / 100.0 + self.budget_bonus * usage
-        timings = {"regrow_s": t1 - t0, "finetune_train_s": train_s - data_s, "finetune_data_s": data_s,
-                   "finetune_eval_s": (t2 - t1) - train_s, "episode_s": time.perf_counter() - t0}
-        return EpisodeResult(reward, val_acc, ref, sparsity, regrown, usage, dict(allocation), timings, pre, post)
+        if self.proxy.metric == "acc":
+            gain = (score.val_acc - ref) / 100.0
+        elif self.proxy.metric == "loss":
+            gain = ref_loss - score.val_loss
+        else:
+            gain = score.saliency_share
+        reward = gain + self.budget_bonus * usage
+        timings = {"regrow_s": t1 - t0, **score.timings, "proxy_s": time.perf_counter() - t1,
+                   "episode_s": time.perf_counter() - t0}
+        return EpisodeResult(reward, score.val_acc, ref, sparsity, regrown, usage, dict(allocation), timings, pre, post,
+                             val_loss=score.val_loss, reference_loss=ref_loss, saliency_share=score.saliency_share)
 
 
 @dataclass
@@ -161,6 +154,9 @@ def _row(episode, sample_info, result, update, index_in_batch=0):
            "reference_acc": result.reference_acc, "improvement_pp": result.val_acc - result.reference_acc,
            "sparsity": result.sparsity, "regrown": result.regrown, "usage": result.usage,
            "allocation": result.allocation, **sample_info, **result.timings}
+    for key in ("val_loss", "reference_loss", "saliency_share"):
+        if not math.isnan(getattr(result, key)):
+            row[key] = getattr(result, key)
     if update:
         row.update({k: update[k] for k in ("loss", "entropy", "beta")})
         row["advantage"] = update["advantages"][index_in_batch]
@@ -182,6 +178,17 @@ def _sample_one(env, names, ssim, capacities, cfg, reinforce, policy_gen):
         budget = cfg.budget
     allocation = allocate(cfg.allocator, names, ssim, capacities, budget, policy_gen, cfg.units)
     return allocation, budget, None, {"budget": budget}
+
+
+def _measured(result):
+    """What the episode's proxy measured, for the log line."""
+    if not math.isnan(result.saliency_share):
+        return f"saliency share {result.saliency_share:.4f}"
+    text = (f"val {result.val_acc:.2f} vs ref {result.reference_acc:.2f} "
+            f"({result.val_acc - result.reference_acc:+.2f} pp)")
+    if not math.isnan(result.reference_loss):
+        text += f", loss {result.val_loss:.4f} vs {result.reference_loss:.4f}"
+    return text
 
 
 def run_search(env, names, ssim, capacities, cfg, reinforce=None, out_dir=None, resume=False, on_best=None,
@@ -267,8 +274,7 @@ def run_search(env, names, ssim, capacities, cfg, reinforce=None, out_dir=None, 
             rows.append(row)
             if main and log_path:
                 append_jsonl(log_path, row)
-            log(f"[{tag}] ep {ep + 1}/{num_episodes} | val {result.val_acc:.2f} vs ref {result.reference_acc:.2f} "
-                f"({result.val_acc - result.reference_acc:+.2f} pp) | used {result.regrown}/{drawn[i][1]} | "
+            log(f"[{tag}] ep {ep + 1}/{num_episodes} | {_measured(result)} | used {result.regrown}/{drawn[i][1]} | "
                 f"reward {result.reward:+.4f} | best {best.reward:+.4f} (ep {best_ep + 1})"
                 + (f" | H {update['entropy']:.3f} β {update['beta']:.3f}" if update else "")
                 + f" | {result.timings['episode_s']:.1f} s")

@@ -35,3 +35,24 @@ def mean_std(values):
 def fmt_mean_std(values, digits=2):
     m, s = mean_std(values)
     return f"{m:.{digits}f}" if len(values) < 2 else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def bootstrap_spearman(x, y, resamples=2000, level=0.95, seed=0):
+    """Percentile bootstrap interval of Spearman's rho: pairs resampled with replacement.
+
+    Resamples in which either side is constant (rho undefined) are dropped. Returns (low, high).
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 3:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    rhos = []
+    for _ in range(int(resamples)):
+        i = rng.integers(0, len(x), len(x))
+        if np.ptp(x[i]) == 0 or np.ptp(y[i]) == 0:
+            continue
+        rhos.append(stats.spearmanr(x[i], y[i])[0])
+    if not rhos:
+        return math.nan, math.nan
+    tail = 100 * (1 - level) / 2
+    return float(np.percentile(rhos, tail)), float(np.percentile(rhos, 100 - tail))

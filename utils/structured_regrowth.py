@@ -130,5 +130,10 @@ class FilterRegrower:
             filters += len(chans) * g.cost
         return out, filters
 
+    def restored_saliency(self, regrown):
+        """(score of the regrown channels, score of every channel of the search groups)."""
+        restored = sum(float(self.scores[r][torch.as_tensor(c).cpu()].double().sum()) for r, c in regrown.items())
+        return restored, sum(float(s.double().sum()) for s in self.scores.values())
+
     def sparsity(self, model):
         return channel_sparsity(model)
