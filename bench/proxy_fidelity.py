@@ -23,6 +23,7 @@ skips it, so the benchmark is resumable and new proxies can be added to finished
         --proxy_steps 150 --proxy_seeds 1 --bn_batch_counts 4 8 16 --rows results/proxy/rows.jsonl --out results/proxy
 """
 import itertools
+import json
 import math
 import os
 import statistics
@@ -35,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import regrowth_oneshot  # noqa: E402
 from utils.allocators import allocate  # noqa: E402
 from utils.controller import RegrowthAgent, sample_allocation  # noqa: E402
+from utils.errors import BridgeError  # noqa: E402
 from utils.records import append_jsonl, read_jsonl, write_json  # noqa: E402
 from utils.regrowth_kinds import UnstructuredKind  # noqa: E402
 from utils.regrowth_pipeline import FAST_PRESET, calibrated_reference, prepare, validate_search_args  # noqa: E402
@@ -52,6 +54,9 @@ def get_args_parser():
     p.add_argument("--allocations", type=int, default=20, help="allocations in all (controller samples + fixed ones)")
     p.add_argument("--include_allocators", nargs="*", default=list(DETERMINISTIC), choices=DETERMINISTIC,
                    help="one-allocation allocators scored beside the controller's samples (last in the list)")
+    p.add_argument("--score_allocations", nargs="*", default=[],
+                   help="summary.json files of regrowth runs: their best allocations are scored too (after the "
+                        "others; not part of the rho, which is over the drawn allocations only)")
     p.add_argument("--proxy_steps", type=int, nargs="*", default=[FAST_PRESET["mini_finetune_steps"]],
                    help="steps proxy: mini-finetune lengths to compare (none: no steps proxy)")
     p.add_argument("--proxy_schedules", nargs="+", default=[FAST_PRESET["mini_finetune_schedule"]],
@@ -73,6 +78,20 @@ def get_args_parser():
     p.add_argument("--rows", default=None, help="JSON-lines file of finished evaluations (reused on a rerun)")
     p.add_argument("--out", default=None, help="folder for fidelity.md / fidelity.json / fidelity.png")
     return p
+
+
+def allocations_from_runs(paths, space):
+    """(label, best allocation) of each regrowth run's summary.json, checked against the search space."""
+    out = []
+    for path in paths:
+        with open(path) as fh:
+            summary = json.load(fh)
+        alloc = {k: int(v) for k, v in summary["best_allocation"].items()}
+        unknown = set(alloc) - set(space.names)
+        if unknown:
+            raise BridgeError(f"{path}: its allocation regrows layers outside this search space: {sorted(unknown)}")
+        out.append((f"{summary.get('allocator', 'run')} best ({os.path.dirname(path)})", alloc))
+    return out
 
 
 def draw_allocations(agent, space, budget, count, fixed, seed):
@@ -202,6 +221,8 @@ def main():
     agent = RegrowthAgent(args.action_space_size, args.hidden_size)
     fixed = [a for a in DETERMINISTIC if a in args.include_allocators]
     allocations = draw_allocations(agent, space, budget, args.allocations, fixed, args.seed)
+    allocations += allocations_from_runs(args.score_allocations, space)
+    drawn = args.allocations
     done = {(r["allocation_index"], r["run"]): r for r in (read_jsonl(args.rows) if args.rows else [])
             if r["allocation_index"] < len(allocations)
             and r.get("allocation") == allocations[r["allocation_index"]][1]}
@@ -249,7 +270,10 @@ def main():
         mean_name = base.replace(" loss", "") + f" x{len(names)}" + (" loss" if base.endswith(" loss") else "")
         rewards[mean_name] = [statistics.mean(v) for v in zip(*(rewards[n] for n in names))]
         seconds[mean_name] = [sum(v) for v in zip(*(seconds[n] for n in names))]
-    table, ceiling, _ = summarise(rewards, seconds, long_names, args.bootstrap)
+    extra = {lab: {n: v[i] for n, v in rewards.items()} for i, (lab, _) in enumerate(allocations) if i >= drawn}
+    rewards = {n: v[:drawn] for n, v in rewards.items()}
+    seconds = {n: v[:drawn] for n, v in seconds.items()}
+    table, ceiling, long_mean = summarise(rewards, seconds, long_names, args.bootstrap)
     print(f"\nSpearman rho with the mean long reward over {len(long_names)} seed(s), n = {len(allocations)} "
           f"(bootstrap 95% interval, {args.bootstrap} resamples):")
     for r in sorted(table, key=lambda r: r["seconds_per_episode"]):
@@ -260,14 +284,25 @@ def main():
         print(f"  noise ceiling: long seed vs long seed rho "
               f"{', '.join(f'{s:+.2f}' for s in ceiling['long_seed_vs_long_seed_rho'])}; "
               f"{ceiling['seconds_per_long_run']:.0f} s per long run")
+    ranked = sorted(range(drawn), key=lambda i: -long_mean[i])
+    print("long reward (mean of seeds) of the drawn allocations, best first: "
+          + ", ".join(f"{allocations[i][0]} {long_mean[i]:+.4f}" for i in ranked[:5]) + " ..."
+          + "".join(f"; {allocations[i][0]} {long_mean[i]:+.4f}" for i in ranked if i >= drawn - len(fixed)))
+    for label, values in extra.items():
+        long_values = [values[n] for n in long_names]
+        print(f"  {label}: long reward {statistics.mean(long_values):+.4f} (seeds "
+              f"{', '.join(f'{v:+.4f}' for v in long_values)}); would rank #{1 + sum(m > statistics.mean(long_values) for m in long_mean)} "
+              f"of the {drawn} drawn allocations")
     print(f"benchmark wall time this run: {time.perf_counter() - t_bench:.0f} s")
     if args.out:
         meta = {"title": f"{args.m_name}, {os.path.basename(sparse_path)}, budget {budget:,} weights, "
                          f"init {args.init_strategy}",
-                "n": len(allocations), "long": f"{long_steps} steps ({args.long_epochs:g} epochs of "
+                "n": drawn, "long": f"{long_steps} steps ({args.long_epochs:g} epochs of "
                                                f"{len(setup.data.train.dataset):,} images), full validation split, "
                                                f"mean of {len(long_names)} data orders",
-                "budget": budget, "start": sparse_path, "allocation_labels": [lab for lab, _ in allocations]}
+                "budget": budget, "start": sparse_path, "allocation_labels": [lab for lab, _ in allocations[:drawn]],
+                "long_reward_mean": long_mean,
+                "scored_runs": {lab: {n: values[n] for n in long_names} for lab, values in extra.items()}}
         write_outputs(args.out, table, ceiling, meta)
         print(f"wrote {args.out}/fidelity.md, fidelity.json, fidelity.png")
 

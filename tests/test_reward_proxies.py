@@ -191,9 +191,26 @@ def test_proxy_fidelity_bench_end_to_end_on_digits(tmp_path):
     written = read_jsonl(rows)
     # 5 allocations x (2 steps seeds + bn + saliency + 2 long seeds)
     assert len(written) == 5 * 6 and {r["label"] for r in written} >= {"uniform", "proportional", "greedy"}
-    again = run_script("bench/proxy_fidelity.py", args)
-    assert "30 evaluations reused" in again.stdout and len(read_jsonl(rows)) == 30
+    summary = tmp_path / "summary.json"  # a regrowth run's best allocation, scored beside the drawn ones
+    summary.write_text(json.dumps({"allocator": "rl", "best_allocation": written[0]["allocation"]}))
+    again = run_script("bench/proxy_fidelity.py", args + ["--score_allocations", str(summary)])
+    assert "30 evaluations reused" in again.stdout and len(read_jsonl(rows)) == 36
+    assert "rl best" in again.stdout and "would rank #" in again.stdout
     fidelity = json.load(open(os.path.join(out, "fidelity.json")))
-    assert fidelity["n"] == 5 and os.path.getsize(os.path.join(out, "fidelity.png")) > 1000
+    assert fidelity["n"] == 5 and len(fidelity["scored_runs"]) == 1 and os.path.getsize(os.path.join(out, "fidelity.png")) > 1000
     assert "| proxy | rho |" in open(os.path.join(out, "fidelity.md")).read()
     assert "Spearman rho" in first.stdout
+
+
+def test_first_vs_last_windows_and_welch_test_against_scipy():
+    from scipy import stats as sps
+
+    from utils.stats import first_vs_last
+
+    rising = [0.01 * i for i in range(10)]
+    out = first_vs_last(rising, window=3)
+    assert out["window"] == 3 and out["first_mean"] == pytest.approx(0.01) and out["last_mean"] == pytest.approx(0.08)
+    t, p = sps.ttest_ind(rising[-3:], rising[:3], equal_var=False)
+    assert out["welch_t"] == pytest.approx(t) and out["welch_p"] == pytest.approx(p)
+    assert first_vs_last(rising, window=50)["window"] == 5  # never overlapping halves
+    assert first_vs_last([1.0, 2.0, 3.0])["window"] == 1 and "welch_p" not in first_vs_last([1.0, 2.0, 3.0])

@@ -91,6 +91,11 @@ def plot_search_curves(rows, path, title="regrowth search"):
     ep = [r["episode"] for r in rows]
     axes[0].plot(ep, [r["reward"] for r in rows], ".", alpha=0.6, label="reward")
     axes[0].plot(ep, [r["best_reward"] for r in rows], "-", label="best")
+    window = max(5, len(rows) // 20)
+    if len(rows) >= 2 * window:  # a policy that learns shows as a rising running mean
+        rewards = [r["reward"] for r in rows]
+        running = [sum(rewards[i - window:i]) / window for i in range(window, len(rewards) + 1)]
+        axes[0].plot(ep[window - 1:], running, "-", label=f"mean of the last {window}")
     axes[0].set_ylabel("reward")
     axes[1].plot(ep, [r["val_acc"] for r in rows], ".", alpha=0.6, label="val acc after mini-finetune")
     axes[1].plot(ep, [r["reference_acc"] for r in rows], "-", label="reference")

@@ -33,6 +33,7 @@ from utils.regrowth import INIT_ALIASES, INIT_STRATEGIES, canonical_init
 from utils.regrowth_search import RegrowthEnv, SearchConfig, ensure_best_states, run_search
 from utils.reward_proxies import LR_SCHEDULES, REWARD_METRICS, REWARD_PROXIES, make_reward_proxy
 from utils.runtime import Precision, resolve_device, resolve_precision, set_seed, to_device
+from utils.stats import first_vs_last
 from utils.training import clone_state, evaluate, finetune
 
 
@@ -430,8 +431,13 @@ def run_oneshot(args, kind_cls, *, sparse_path, out_dir, requested, reference, s
                          on_best, on_episode, tag=f"oneshot {args.allocator}")
     best = outcome.best
     log(f"search done: {outcome.episodes} episodes in {outcome.seconds:.0f} s ({outcome.stop_reason}); best episode "
-        f"{outcome.best_episode + 1}: val {best.val_acc:.2f} after mini-finetune (reference {best.reference_acc:.2f}), "
+        f"{outcome.best_episode + 1}: proxy val {best.val_acc:.2f} (reference {best.reference_acc:.2f}), "
         f"reward {best.reward:+.4f}")
+    learning = first_vs_last([r["reward"] for r in outcome.rows]) if args.allocator == "rl" else {}
+    if learning.get("window", 0) >= 2:
+        log(f"policy: mean reward of the last {learning['window']} episodes {learning['last_mean']:+.4f} ± "
+            f"{learning['last_std']:.4f} vs the first {learning['window']}'s {learning['first_mean']:+.4f} ± "
+            f"{learning['first_std']:.4f} (Welch t {learning['welch_t']:+.2f}, p = {learning['welch_p']:.3g})")
 
     # final finetune from the best allocation's regrown (pre-finetune) state: regrowing again with the
     # best episode's init seed rebuilds exactly the state saved as best_ep*.pth
@@ -452,7 +458,8 @@ def run_oneshot(args, kind_cls, *, sparse_path, out_dir, requested, reference, s
         "sparse_val_acc": sparse_val, "sparse_test_acc": sparse_test, "best_episode": outcome.best_episode + 1,
         "best_reward": best.reward, "best_val_acc_after_mini_finetune": best.val_acc,
         "reference_acc_of_best": best.reference_acc, "episodes": outcome.episodes, "stop_reason": outcome.stop_reason,
-        "search_seconds": outcome.seconds, "mini_finetune_steps": steps, "reward_proxy": proxy.describe(),
+        "search_seconds": outcome.seconds, "reward_first_vs_last": learning,
+        "mini_finetune_steps": steps, "reward_proxy": proxy.describe(),
         "final_finetune_epochs": ft_epochs,
         "final_val_acc": val_acc, "final_test_acc": test_acc, "best_allocation": best.allocation,
         "search_layers": space.names, "ssim": space.ssim, "run_seconds": time.perf_counter() - t_run,

@@ -56,3 +56,26 @@ def bootstrap_spearman(x, y, resamples=2000, level=0.95, seed=0):
         return math.nan, math.nan
     tail = 100 * (1 - level) / 2
     return float(np.percentile(rhos, tail)), float(np.percentile(rhos, 100 - tail))
+
+
+def welch_t_test(a, b):
+    """Welch's t-test of mean(a) != mean(b) (unequal variances): (t, two-sided p); NaNs below 2 values each."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 2 or len(b) < 2:
+        return math.nan, math.nan
+    t, p = stats.ttest_ind(a, b, equal_var=False)
+    return float(t), float(p)
+
+
+def first_vs_last(values, window=50):
+    """Did a sequence (a search's rewards) rise? Mean / std of its first and last `window` values (at most
+    half the sequence each, so the two never overlap) and Welch's t-test of last vs first."""
+    values = [float(v) for v in values]
+    w = min(int(window), len(values) // 2)
+    if w < 2:
+        return {"window": w}
+    first, last = values[:w], values[-w:]
+    (m0, s0), (m1, s1) = mean_std(first), mean_std(last)
+    t, p = welch_t_test(last, first)
+    return {"window": w, "first_mean": m0, "first_std": s0, "last_mean": m1, "last_std": s1, "welch_t": t,
+            "welch_p": p}
