@@ -54,6 +54,8 @@ def get_args_parser():
     p.add_argument("--allocations", type=int, default=20, help="allocations in all (controller samples + fixed ones)")
     p.add_argument("--include_allocators", nargs="*", default=list(DETERMINISTIC), choices=DETERMINISTIC,
                    help="one-allocation allocators scored beside the controller's samples (last in the list)")
+    p.add_argument("--first", type=int, default=None,
+                   help="score only the first N drawn allocations (a look while the long rewards are still running)")
     p.add_argument("--score_allocations", nargs="*", default=[],
                    help="summary.json files of regrowth runs: their best allocations are scored too (after the "
                         "others; not part of the rho, which is over the drawn allocations only)")
@@ -220,9 +222,9 @@ def main():
     torch.manual_seed(args.seed)
     agent = RegrowthAgent(args.action_space_size, args.hidden_size)
     fixed = [a for a in DETERMINISTIC if a in args.include_allocators]
-    allocations = draw_allocations(agent, space, budget, args.allocations, fixed, args.seed)
+    allocations = draw_allocations(agent, space, budget, args.allocations, fixed, args.seed)[:args.first]
+    drawn = len(allocations)
     allocations += allocations_from_runs(args.score_allocations, space)
-    drawn = args.allocations
     done = {(r["allocation_index"], r["run"]): r for r in (read_jsonl(args.rows) if args.rows else [])
             if r["allocation_index"] < len(allocations)
             and r.get("allocation") == allocations[r["allocation_index"]][1]}
@@ -287,12 +289,13 @@ def main():
     ranked = sorted(range(drawn), key=lambda i: -long_mean[i])
     print("long reward (mean of seeds) of the drawn allocations, best first: "
           + ", ".join(f"{allocations[i][0]} {long_mean[i]:+.4f}" for i in ranked[:5]) + " ..."
-          + "".join(f"; {allocations[i][0]} {long_mean[i]:+.4f}" for i in ranked if i >= drawn - len(fixed)))
+          + "".join(f"; {allocations[i][0]} {long_mean[i]:+.4f}" for i in ranked
+                    if allocations[i][0] in DETERMINISTIC))
     for label, values in extra.items():
         long_values = [values[n] for n in long_names]
-        print(f"  {label}: long reward {statistics.mean(long_values):+.4f} (seeds "
-              f"{', '.join(f'{v:+.4f}' for v in long_values)}); would rank #{1 + sum(m > statistics.mean(long_values) for m in long_mean)} "
-              f"of the {drawn} drawn allocations")
+        mean = statistics.mean(long_values)
+        print(f"  {label}: long reward {mean:+.4f} (seeds {', '.join(f'{v:+.4f}' for v in long_values)}); "
+              f"would rank #{1 + sum(m > mean for m in long_mean)} of the {drawn} drawn allocations")
     print(f"benchmark wall time this run: {time.perf_counter() - t_bench:.0f} s")
     if args.out:
         meta = {"title": f"{args.m_name}, {os.path.basename(sparse_path)}, budget {budget:,} weights, "

@@ -1,5 +1,6 @@
 """Small statistics used by the analysis scripts: correlations with p-values, mean ± std."""
 import math
+import warnings
 
 import numpy as np
 from scipy import stats
@@ -63,7 +64,9 @@ def welch_t_test(a, b):
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if len(a) < 2 or len(b) < 2:
         return math.nan, math.nan
-    t, p = stats.ttest_ind(a, b, equal_var=False)
+    with warnings.catch_warnings():  # near-identical samples: scipy warns of precision loss, the result stands
+        warnings.simplefilter("ignore", RuntimeWarning)
+        t, p = stats.ttest_ind(a, b, equal_var=False)
     return float(t), float(p)
 
 
