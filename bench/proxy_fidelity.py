@@ -8,6 +8,7 @@ proportional, greedy). Each is scored
       bn        --bn_batches BatchNorm re-estimations, each scored by accuracy and by loss, on
                 --bn_val_images validation images;
       saliency  the restored share of the search space's saliency;
+      gradient  the freed share of the start model's gradient magnitude at pruned positions;
   * by a long reward: --long_epochs epochs of finetune on the full training split (as given) scored on
     the full validation split, --long_seeds data orders; their mean is the "true" reward.
 Prints, and with --out writes (fidelity.md, fidelity.json, fidelity.png: cost vs rho), per proxy the
@@ -42,7 +43,8 @@ from utils.regrowth_kinds import UnstructuredKind  # noqa: E402
 from utils.regrowth_pipeline import FAST_PRESET, calibrated_reference, prepare, validate_search_args  # noqa: E402
 from utils.regrowth_pipeline import work_model_like  # noqa: E402
 from utils.regrowth_search import RegrowthEnv  # noqa: E402
-from utils.reward_proxies import LR_SCHEDULES, BatchNormProxy, MiniFinetuneProxy, SaliencyProxy  # noqa: E402
+from utils.reward_proxies import (LR_SCHEDULES, BatchNormProxy, GradientProxy, MiniFinetuneProxy,  # noqa: E402
+                                  SaliencyProxy)
 from utils.stats import bootstrap_spearman, correlations  # noqa: E402
 from utils.training import clone_state, evaluate  # noqa: E402
 
@@ -73,7 +75,7 @@ def get_args_parser():
                    help="bn proxy: training batches for the statistics (none: no bn proxy)")
     p.add_argument("--bn_val_images", type=int, nargs="*", default=None,
                    help="bn proxy: validation images scored (default: the --reward_val_subset)")
-    p.add_argument("--no_saliency", action="store_true", help="leave the saliency proxy out")
+    p.add_argument("--no_saliency", action="store_true", help="leave the training-free saliency / gradient proxies out")
     p.add_argument("--long_epochs", type=float, default=2.0)
     p.add_argument("--long_seeds", type=int, default=2, help="long finetunes per allocation (data-order seeds)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the rho intervals")
@@ -215,6 +217,8 @@ def main():
     if not args.no_saliency:
         runs.append(("saliency", lambda: env(SaliencyProxy(), setup.reward_train, setup.reward_val, args.seed),
                      ("share",)))
+        runs.append(("gradient", lambda: env(GradientProxy(kind.pruned_gradient(sparse, space.names)),
+                                             setup.reward_train, setup.reward_val, args.seed), ("share",)))
     runs += [(f"long_seed{k}", lambda k=k: env(MiniFinetuneProxy(long_steps), setup.data.train, setup.data.val,
                                                 args.seed + k, lambda s: sparse_val), ("acc",))
              for k in range(args.long_seeds)]
@@ -228,8 +232,11 @@ def main():
     done = {(r["allocation_index"], r["run"]): r for r in (read_jsonl(args.rows) if args.rows else [])
             if r["allocation_index"] < len(allocations)
             and r.get("allocation") == allocations[r["allocation_index"]][1]}
-    print(f"{len(allocations)} allocations ({len(allocations) - len(fixed)} controller samples"
-          + (f" + {', '.join(fixed)}" if fixed else "") + f") of {budget:,} weights over {len(space.names)} layers; "
+    kept_fixed = [lab for lab, _ in allocations[:drawn] if lab in DETERMINISTIC]
+    print(f"{drawn} allocations ({drawn - len(kept_fixed)} controller samples"
+          + (f" + {', '.join(kept_fixed)}" if kept_fixed else "") + ")"
+          + (f" + {len(allocations) - drawn} regrowth runs' best" if len(allocations) > drawn else "")
+          + f" of {budget:,} weights over {len(space.names)} layers; "
           f"proxies: {', '.join(n for n, _, _ in runs if not n.startswith('long'))}; long: {long_steps} steps "
           f"({args.long_epochs:g} epochs) + {len(setup.data.val.dataset)} val images, {args.long_seeds} seed(s)"
           + (f"; {len(done)} evaluations reused from {args.rows}" if done else ""), flush=True)
@@ -246,7 +253,7 @@ def main():
                 t0 = time.perf_counter()
                 res = envs[name].evaluate(alloc, budget, i)
                 row = {"allocation_index": i, "label": label, "run": name, "allocation": alloc, "reward": res.reward,
-                       "val_acc": res.val_acc, "val_loss": res.val_loss, "saliency_share": res.saliency_share,
+                       "val_acc": res.val_acc, "val_loss": res.val_loss, "restored_share": res.restored_share,
                        "usage": res.usage, "seconds": time.perf_counter() - t0}
                 if args.rows:
                     append_jsonl(args.rows, row)

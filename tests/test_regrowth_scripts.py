@@ -104,9 +104,9 @@ def test_oneshot_other_allocators(pipeline, tmp_path, allocator):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("proxy", ["bn", "saliency"])
+@pytest.mark.parametrize("proxy", ["bn", "saliency", "gradient"])
 def test_oneshot_search_with_a_cheap_reward_proxy_through_the_cli(pipeline, tmp_path, proxy):
-    """--reward_proxy bn / saliency: a whole search and final finetune; the episodes log what the proxy measured
+    """--reward_proxy bn / saliency / gradient: a whole search and final finetune; the episodes log what the proxy measured
     and bn never trains (the best state's weights are the regrown ones)."""
     save = str(tmp_path / "rg")
     extra = ["--reward_proxy", proxy, "--init_strategy", "reference", "--bn_batches", "2", "--finetune_epochs", "0"]
@@ -122,9 +122,9 @@ def test_oneshot_search_with_a_cheap_reward_proxy_through_the_cli(pipeline, tmp_
         assert all(r["reward"] == pytest.approx(r["reference_loss"] - r["val_loss"] + 0.005 * r["usage"]) for r in rows)
         assert "BatchNorm re-estimated on 2 training batches" in summary["reward_proxy"]
     else:
-        assert all(0 <= r["saliency_share"] <= 1 for r in rows)
-        assert all(r["reward"] == pytest.approx(r["saliency_share"] + 0.005 * r["usage"]) for r in rows)
-        assert "saliency share" in proc.stdout
+        assert all(0 <= r["restored_share"] <= 1 for r in rows)
+        assert all(r["reward"] == pytest.approx(r["restored_share"] + 0.005 * r["usage"]) for r in rows)
+        assert "restored share" in proc.stdout
 
 
 def test_cheap_proxies_refuse_what_they_cannot_score(pipeline):

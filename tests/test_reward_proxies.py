@@ -10,8 +10,8 @@ from utils.masks import add_masks, masked_modules
 from utils.pruners import PRUNERS
 from utils.regrowth import WeightRegrower, dense_reference_weights
 from utils.regrowth_search import RegrowthEnv
-from utils.reward_proxies import (BatchNormProxy, MiniFinetuneProxy, SaliencyProxy, make_reward_proxy,
-                                  recalibrate_batchnorm)
+from utils.reward_proxies import (BatchNormProxy, GradientProxy, MiniFinetuneProxy, SaliencyProxy,
+                                  make_reward_proxy, recalibrate_batchnorm)
 from utils.runtime import Precision
 from utils.saliency import weight_saliency
 from utils.training import clone_state, evaluate
@@ -103,20 +103,30 @@ def _env(trained, proxy, metric_reference=0.0):
                        lambda s: metric_reference, 0.0, 10_000, 0)
 
 
-@pytest.mark.parametrize("proxy", [BatchNormProxy(4), BatchNormProxy(4, "loss"), SaliencyProxy(),
-                                   MiniFinetuneProxy(6, "cosine")], ids=["bn-acc", "bn-loss", "saliency", "steps"])
-def test_each_proxy_ranks_a_clearly_better_allocation_above_a_clearly_worse_one(trained, proxy):
+def _pruned_gradient(trained):
+    from utils.saliency import weight_gradient
+
+    data, sparse, _, caps = trained
+    grads = weight_gradient(sparse, data.train, list(caps), "cpu", max_batches=3)
+    return {n: g * (sparse.get_submodule(n).weight_mask == 0) for n, g in grads.items()}
+
+
+@pytest.mark.parametrize("make", [lambda t: BatchNormProxy(4), lambda t: BatchNormProxy(4, "loss"),
+                                  lambda t: SaliencyProxy(), lambda t: MiniFinetuneProxy(6, "cosine"),
+                                  lambda t: GradientProxy(_pruned_gradient(t))],
+                         ids=["bn-acc", "bn-loss", "saliency", "steps", "gradient"])
+def test_each_proxy_ranks_a_clearly_better_allocation_above_a_clearly_worse_one(trained, make):
     """Restoring 70% of every layer's pruned weights (dense values) against restoring almost nothing,
     with the budget bonus off: the score alone must tell them apart."""
     _, _, _, caps = trained
     good = {n: int(0.7 * c) for n, c in caps.items()}
     bad = {"13": 1}  # one weight of the classifier
-    env = _env(trained, proxy)
+    env = _env(trained, make(trained))
     better, worse = env.evaluate(good, sum(good.values()), 0), env.evaluate(bad, sum(good.values()), 1)
     assert better.reward > worse.reward + 1e-3
 
 
-def test_bn_proxy_reward_metrics_and_saliency_share_against_independent_computations(trained):
+def test_bn_proxy_reward_metrics_and_restored_share_against_independent_computations(trained):
     data, sparse, regrower, caps = trained
     alloc = {n: c // 3 for n, c in caps.items()}
     # acc metric: (acc - reference) / 100; loss metric: start's loss - loss
@@ -138,8 +148,36 @@ def test_bn_proxy_reward_metrics_and_saliency_share_against_independent_computat
                  for n in caps}
     restored = sum(float(regrower.saliency[n][turned_on[n]].sum()) for n in caps)
     total = sum(float(regrower.saliency[n].sum()) for n in caps)
-    assert res.saliency_share == pytest.approx(restored / total, rel=1e-6)
-    assert math.isnan(res.val_acc) and res.reward == pytest.approx(res.saliency_share)
+    assert res.restored_share == pytest.approx(restored / total, rel=1e-6)
+    assert math.isnan(res.val_acc) and res.reward == pytest.approx(res.restored_share)
+
+
+def test_gradient_proxy_scores_the_freed_share_of_an_independent_gradient(trained):
+    """weight_gradient equals the gradient of a plain copy holding the effective weights (pruned positions
+    included), and the proxy's share is the freed positions' part of it."""
+    from utils.saliency import weight_gradient
+
+    data, sparse, regrower, caps = trained
+    names = list(caps)
+    grads = weight_gradient(sparse, data.train, names, "cpu", max_batches=3)
+    plain = _digit_net()
+    plain.load_state_dict({k.replace("weight_orig", "weight"): (v * sparse.state_dict()[k.replace("orig", "mask")]
+                                                               if k.endswith("weight_orig") else v)
+                           for k, v in sparse.state_dict().items() if not k.endswith("weight_mask")})
+    plain.eval()
+    data.train.set_epoch(0)
+    losses = [nn.functional.cross_entropy(plain(x), y) for (x, y), _ in zip(data.train, range(3))]
+    naive = torch.autograd.grad(torch.stack(losses).mean(), [plain.get_submodule(n).weight for n in names])
+    for n, g in zip(names, naive):
+        assert torch.allclose(grads[n], g.abs(), rtol=1e-4, atol=1e-7)
+        assert (grads[n][sparse.get_submodule(n).weight_mask == 0] > 0).any()  # pruned positions have gradients
+    pruned = {n: grads[n] * (sparse.get_submodule(n).weight_mask == 0) for n in names}
+    env = _env(trained, GradientProxy(pruned))
+    alloc = {n: c // 4 for n, c in caps.items()}
+    res = env.evaluate(alloc, 100, 0)
+    freed = {n: (res.pre_state[f"{n}.weight_mask"] > 0) & (sparse.get_submodule(n).weight_mask == 0) for n in names}
+    expected = sum(float(pruned[n][freed[n]].sum()) for n in names) / sum(float(p.sum()) for p in pruned.values())
+    assert res.restored_share == pytest.approx(expected, rel=1e-6)
 
 
 def test_make_reward_proxy_rejects_bad_settings():
@@ -151,6 +189,8 @@ def test_make_reward_proxy_rejects_bad_settings():
         make_reward_proxy("bn", bn_batches=0)
     with pytest.raises(Exception, match="steps"):
         make_reward_proxy("steps")
+    with pytest.raises(Exception, match="unstructured"):
+        make_reward_proxy("gradient")
     with pytest.raises(Exception, match="reward proxy"):
         RegrowthEnv(None, None, None, None, None, "cpu", Precision(), 5, None, 0.0, 1, 0)
 
@@ -197,7 +237,8 @@ def test_proxy_fidelity_bench_end_to_end_on_digits(tmp_path):
     assert "30 evaluations reused" in again.stdout and len(read_jsonl(rows)) == 36
     assert "rl best" in again.stdout and "would rank #" in again.stdout
     fidelity = json.load(open(os.path.join(out, "fidelity.json")))
-    assert fidelity["n"] == 5 and len(fidelity["scored_runs"]) == 1 and os.path.getsize(os.path.join(out, "fidelity.png")) > 1000
+    assert fidelity["n"] == 5 and len(fidelity["scored_runs"]) == 1
+    assert os.path.getsize(os.path.join(out, "fidelity.png")) > 1000
     assert "| proxy | rho |" in open(os.path.join(out, "fidelity.md")).read()
     assert "Spearman rho" in first.stdout
 

@@ -22,7 +22,7 @@ from utils.masks import count_pruned_params, model_sparsity
 from utils.progress import log
 from utils.regrowth import WeightRegrower, dense_reference_weights, layer_capacities
 from utils.runtime import Precision
-from utils.saliency import layer_mean_saliency, weight_saliency
+from utils.saliency import layer_mean_saliency, weight_gradient, weight_saliency
 from utils.structured import channel_groups, channel_sparsity, filter_counts
 from utils.structured_regrowth import FilterRegrower, group_capacities, group_saliency, group_ssim
 
@@ -109,6 +109,29 @@ class UnstructuredKind:
                 " mean " + ", ".join(f"{n} {v:.2e}" for n, v in list(means.items())[:5])
                 + (" ..." if len(means) > 5 else ""))
         return {n: self._saliency[n] for n in names}
+
+    def pruned_gradient(self, model, names):
+        """{layer: |dL/dθ| of `model` at its pruned positions, 0 where alive} over the saliency batches
+        (the gradient reward proxy), cached by the model's content."""
+        setup = self.setup
+        t0 = time.perf_counter()
+
+        def compute():
+            grads = weight_gradient(model, setup.data.train, names, setup.device, setup.args.saliency_batches,
+                                    _pass_precision(setup))
+            modules = dict(model.named_modules())
+            return {n: g * (modules[n].weight_mask.detach().cpu() == 0) for n, g in grads.items()}
+
+        if setup.cache and setup.cache.folder:
+            key = cache_key("pruned_gradient", sparse=state_digest(model.state_dict()), layers=names,
+                            batches=setup.args.saliency_batches, data=setup.data_key(),
+                            context=compute_context(setup.device, _pass_precision(setup)))
+            grads = setup.cache.get_or_compute(key, compute, "gradient")
+        else:
+            grads = compute()
+        log(f"gradient |dL/dθ| of the start model at pruned positions of {len(names)} layer(s) over "
+            f"{setup.args.saliency_batches or len(setup.data.train)} train batches: {time.perf_counter() - t0:.1f} s")
+        return grads
 
     def regrower(self, space):
         if self._reference is None:

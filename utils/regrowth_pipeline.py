@@ -72,7 +72,8 @@ def add_search_args(p, *, m_name="effnet", num_epochs=400, patience=50, ssim_num
     g.add_argument("--reward_proxy", default="steps", choices=REWARD_PROXIES,
                    help="how an episode scores its regrown model: steps = the published mini-finetune (below); "
                         "bn = BatchNorm statistics re-estimated on --bn_batches training batches, no weight update; "
-                        "saliency = the restored share of the search space's saliency, no pass at all "
+                        "saliency = the restored share of the search space's saliency, no pass at all; gradient = "
+                        "the freed share of the start model's |dL/dθ| at pruned positions, one pass per search "
                         "(README Speed: cost and ranking quality of each)")
     g.add_argument("--reward_metric", default="acc", choices=REWARD_METRICS,
                    help="what the steps / bn proxies score: acc (published) or loss (reference loss - val loss; "
@@ -244,11 +245,12 @@ def mini_finetune_steps(args, steps_per_epoch):
     return max(1, int(round(args.mini_finetune_epochs * steps_per_epoch)))
 
 
-def reward_proxy(args, steps):
-    """The episodes' reward proxy from the flags (steps: the mini-finetune length, for the steps proxy)."""
+def reward_proxy(args, steps, gradient=None):
+    """The episodes' reward proxy from the flags (steps: the mini-finetune length, for the steps proxy;
+    gradient: what computes the gradient proxy's scores, where the kind of regrowth has them)."""
     return make_reward_proxy(args.reward_proxy, metric=args.reward_metric, steps=steps,
                              schedule=args.mini_finetune_schedule, repeats=args.reward_repeats,
-                             bn_batches=args.bn_batches)
+                             bn_batches=args.bn_batches, gradient=gradient)
 
 
 def make_reinforce(args, action_space_size, budget_space_size=0, advantage="temperature", clip=100.0):
@@ -397,7 +399,8 @@ def run_oneshot(args, kind_cls, *, sparse_path, out_dir, requested, reference, s
     log(f"sparse start {sparse_path}: {kind.describe(sparse)}, val {sparse_val:.2f}, test {sparse_test:.2f}")
 
     steps = mini_finetune_steps(args, len(setup.data.train))
-    proxy = reward_proxy(args, steps)
+    proxy = reward_proxy(args, steps, gradient=(lambda: kind.pruned_gradient(sparse, space.names))
+                         if hasattr(kind, "pruned_gradient") else None)
     env = RegrowthEnv(work_model_like(setup, sparse.state_dict()), clone_state(sparse), regrower, setup.reward_train,
                       setup.reward_val, setup.device, setup.precision, proxy, ref_fn, args.budget_bonus, kind.total(),
                       args.seed)
@@ -526,7 +529,7 @@ def run_iterative(args, kind_cls, *, baseline_dir, run_dir, script, rl_options):
         cli.check_fraction(f"--{name}", getattr(args, name), low_inclusive=False)
     if args.min_budget_frac > args.max_budget_frac or args.budget_space_size < 1:
         raise BridgeError("need --min_budget_frac <= --max_budget_frac and --budget_space_size >= 1")
-    if args.reward_proxy == "saliency" or args.reward_metric == "loss":
+    if args.reward_proxy in ("saliency", "gradient") or args.reward_metric == "loss":
         raise BridgeError("the iterative search chooses the budget too, and only an accuracy set against the pruning "
                           "curve keeps a larger budget from always winning: use --reward_metric acc with "
                           "--reward_proxy steps or bn")

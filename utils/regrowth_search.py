@@ -7,7 +7,7 @@ the training-free `saliency` share) and rewards
 
     acc metric:       reward = (proxy val acc - reference acc) / 100 + budget_bonus * usage
     loss metric:      reward = (reference loss - proxy val loss)  + budget_bonus * usage
-    saliency proxy:   reward = restored saliency share            + budget_bonus * usage
+    saliency / gradient proxy: reward = restored share           + budget_bonus * usage
 
 where the reference acc is the sparse model's val accuracy (one-shot) or the pruning curve interpolated
 at the new sparsity (iterative), the reference loss the start model's loss on the reward validation
@@ -53,7 +53,7 @@ class EpisodeResult:
     post_state: dict = None   # after the proxy: the mini-finetune's best validation epoch (CPU)
     val_loss: float = math.nan        # the proxy's validation loss (nan where it measures none)
     reference_loss: float = math.nan  # the loss metric's reference
-    saliency_share: float = math.nan  # the saliency proxy's score
+    restored_share: float = math.nan  # the saliency / gradient proxies' score
 
 
 def cpu_clone(state):
@@ -113,12 +113,12 @@ class RegrowthEnv:
         elif self.proxy.metric == "loss":
             gain = ref_loss - score.val_loss
         else:
-            gain = score.saliency_share
+            gain = score.restored_share
         reward = gain + self.budget_bonus * usage
         timings = {"regrow_s": t1 - t0, **score.timings, "proxy_s": time.perf_counter() - t1,
                    "episode_s": time.perf_counter() - t0}
         return EpisodeResult(reward, score.val_acc, ref, sparsity, regrown, usage, dict(allocation), timings, pre, post,
-                             val_loss=score.val_loss, reference_loss=ref_loss, saliency_share=score.saliency_share)
+                             val_loss=score.val_loss, reference_loss=ref_loss, restored_share=score.restored_share)
 
 
 @dataclass
@@ -154,7 +154,7 @@ def _row(episode, sample_info, result, update, index_in_batch=0):
            "reference_acc": result.reference_acc, "improvement_pp": result.val_acc - result.reference_acc,
            "sparsity": result.sparsity, "regrown": result.regrown, "usage": result.usage,
            "allocation": result.allocation, **sample_info, **result.timings}
-    for key in ("val_loss", "reference_loss", "saliency_share"):
+    for key in ("val_loss", "reference_loss", "restored_share"):
         if not math.isnan(getattr(result, key)):
             row[key] = getattr(result, key)
     if update:
@@ -182,8 +182,8 @@ def _sample_one(env, names, ssim, capacities, cfg, reinforce, policy_gen):
 
 def _measured(result):
     """What the episode's proxy measured, for the log line."""
-    if not math.isnan(result.saliency_share):
-        return f"saliency share {result.saliency_share:.4f}"
+    if not math.isnan(result.restored_share):
+        return f"restored share {result.restored_share:.4f}"
     text = (f"val {result.val_acc:.2f} vs ref {result.reference_acc:.2f} "
             f"({result.val_acc - result.reference_acc:+.2f} pp)")
     if not math.isnan(result.reference_loss):

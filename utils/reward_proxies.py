@@ -11,10 +11,14 @@
     saliency  training-free: the share of the search space's total saliency (dL/dθ)²·θ² (filter scores
               for structured regrowth) that the allocation restores, the loss change the regrowth
               criterion itself predicts for those positions (OBD / SNIP-style). Cost: none per episode.
+    gradient  training-free: the share of the sparse start model's gradient magnitude |dL/dθ| at pruned
+              positions (over the saliency batches) that the allocation frees: RigL's growth criterion,
+              how fast the freed weights can lower the loss once they train, measured once per search
+              (unstructured only). Cost: none per episode.
 
-The metric (`acc` or `loss`) says which number of the evaluation the reward uses; `saliency` has its own.
-Rewards (utils/regrowth_search.RegrowthEnv): acc (val acc - reference acc) / 100, loss reference loss -
-val loss, saliency the restored share; each + budget_bonus * usage. bench/proxy_fidelity.py measures how
+The metric (`acc` or `loss`) says which number of the evaluation the reward uses; `saliency` and `gradient`
+score a restored share. Rewards (utils/regrowth_search.RegrowthEnv): acc (val acc - reference acc) / 100,
+loss reference loss - val loss, share the restored share; each + budget_bonus * usage. bench/proxy_fidelity.py measures how
 well each proxy ranks allocations against long finetunes (README "Speed").
 """
 import math
@@ -28,7 +32,7 @@ from utils.errors import BridgeError, UnknownChoiceError
 from utils.runtime import set_seed
 from utils.training import adamw_finetune_optimizer, clone_state, evaluate, finetune
 
-REWARD_PROXIES = ("steps", "bn", "saliency")
+REWARD_PROXIES = ("steps", "bn", "saliency", "gradient")
 REWARD_METRICS = ("acc", "loss")
 LR_SCHEDULES = ("constant", "cosine")  # mini-finetune learning rate: published constant, or annealed to 0
 
@@ -39,7 +43,7 @@ class ProxyScore:
 
     val_acc: float = math.nan
     val_loss: float = math.nan
-    saliency_share: float = math.nan
+    restored_share: float = math.nan
     timings: dict = field(default_factory=dict)
 
 
@@ -168,14 +172,33 @@ class SaliencyProxy(RewardProxy):
     """`saliency`: the share of the search space's saliency the allocation restores (no pass at all)."""
 
     name = "saliency"
-    metric = "saliency"
+    metric = "share"
 
     def describe(self):
         return "restored share of the search space's saliency (training-free)"
 
     def score(self, env, regrown, episode):
         restored, total = env.regrower.restored_saliency(regrown)
-        return ProxyScore(saliency_share=restored / total if total > 0 else 0.0)
+        return ProxyScore(restored_share=restored / total if total > 0 else 0.0)
+
+
+class GradientProxy(RewardProxy):
+    """`gradient`: the share of the start model's |dL/dθ| at pruned positions the allocation frees."""
+
+    name = "gradient"
+    metric = "share"
+
+    def __init__(self, scores):
+        """scores: {layer: |dL/dθ| shaped like its weight, 0 where the start model's weight is alive}."""
+        self.scores = {n: s.reshape(-1).double() for n, s in scores.items()}
+        self.total = sum(float(s.sum()) for s in self.scores.values())
+
+    def describe(self):
+        return "freed share of the start model's gradient magnitude at pruned positions (training-free)"
+
+    def score(self, env, regrown, episode):
+        restored = sum(float(self.scores[n][i.cpu()].sum()) for n, i in regrown.items())
+        return ProxyScore(restored_share=restored / self.total if self.total > 0 else 0.0)
 
 
 def check_metric(metric):
@@ -184,8 +207,10 @@ def check_metric(metric):
     return metric
 
 
-def make_reward_proxy(name, *, metric="acc", steps=None, schedule="constant", repeats=1, bn_batches=8):
-    """The proxy called `name` (REWARD_PROXIES) with its settings; the others are ignored."""
+def make_reward_proxy(name, *, metric="acc", steps=None, schedule="constant", repeats=1, bn_batches=8,
+                      gradient=None):
+    """The proxy called `name` (REWARD_PROXIES) with its settings; the others are ignored.
+    gradient: a callable returning the gradient proxy's scores (computed only when that proxy is asked for)."""
     if name == "steps":
         if steps is None:
             raise BridgeError("the steps proxy needs a number of mini-finetune steps")
@@ -194,4 +219,8 @@ def make_reward_proxy(name, *, metric="acc", steps=None, schedule="constant", re
         return BatchNormProxy(bn_batches, metric)
     if name == "saliency":
         return SaliencyProxy()
+    if name == "gradient":
+        if gradient is None:
+            raise BridgeError("the gradient proxy is available for unstructured (weight) regrowth only")
+        return GradientProxy(gradient())
     raise UnknownChoiceError("reward proxy", name, REWARD_PROXIES)

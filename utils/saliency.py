@@ -70,3 +70,39 @@ def filter_saliency(per_weight):
 
 def layer_mean_saliency(saliency):
     return {n: float(s.mean()) for n, s in saliency.items()}
+
+
+def weight_gradient(model, loader, layer_names, device, max_batches=None, precision=Precision()):
+    """{layer: |dL/dθ|} of the effective weights of chosen layers, L the mean loss over the batches (CPU).
+
+    For a masked model the gradient is taken with respect to weight_orig * mask, so pruned positions get
+    the gradient they would receive if they were alive: RigL's growth criterion. Eval mode, as the saliency.
+    """
+    modules = dict(model.named_modules())
+    targets = [modules[n] for n in layer_names]
+    total = [None] * len(targets)
+    was_training = model.training
+    model.eval()
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(0)
+    n_batches = 0
+    count = len(loader) if max_batches is None else min(len(loader), max_batches)
+    for i, (x, y) in enumerate(bar(loader, total=count, desc="gradient", leave=False, unit="batch")):
+        if max_batches is not None and i >= max_batches:
+            break
+        x, y = x.to(device), y.to(device)
+        if precision.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with precision.autocast(device):
+            loss = F.cross_entropy(model(x).float(), y)
+        # the pruning hook recomputed module.weight (= weight_orig * mask) in this forward: differentiate it
+        grads = torch.autograd.grad(loss, [m.weight for m in targets], allow_unused=True)
+        for j, g in enumerate(grads):
+            if g is not None:
+                g = g.detach().float()
+                total[j] = g if total[j] is None else total[j].add_(g)
+        n_batches += 1
+    model.train(was_training)
+    scale = 1.0 / max(n_batches, 1)
+    return {n: (t * scale).abs().cpu().contiguous() if t is not None else torch.zeros_like(m.weight, device="cpu")
+            for n, t, m in zip(layer_names, total, targets)}
