@@ -283,7 +283,7 @@ def main():
     rewards = {n: v[:drawn] for n, v in rewards.items()}
     seconds = {n: v[:drawn] for n, v in seconds.items()}
     table, ceiling, long_mean = summarise(rewards, seconds, long_names, args.bootstrap)
-    print(f"\nSpearman rho with the mean long reward over {len(long_names)} seed(s), n = {len(allocations)} "
+    print(f"\nSpearman rho with the mean long reward over {len(long_names)} seed(s), n = {drawn} "
           f"(bootstrap 95% interval, {args.bootstrap} resamples):")
     for r in sorted(table, key=lambda r: r["seconds_per_episode"]):
         print(f"  {r['proxy']:<28} rho {r['rho']:+.3f} [{r['rho_low']:+.2f}, {r['rho_high']:+.2f}] (p {r['p']:.3g}); "

@@ -169,7 +169,7 @@ def test_gradient_proxy_scores_the_freed_share_of_an_independent_gradient(traine
     losses = [nn.functional.cross_entropy(plain(x), y) for (x, y), _ in zip(data.train, range(3))]
     naive = torch.autograd.grad(torch.stack(losses).mean(), [plain.get_submodule(n).weight for n in names])
     for n, g in zip(names, naive):
-        assert torch.allclose(grads[n], g.abs(), rtol=1e-4, atol=1e-7)
+        assert torch.allclose(grads[n], g.abs(), rtol=1e-4, atol=1e-6)
         assert (grads[n][sparse.get_submodule(n).weight_mask == 0] > 0).any()  # pruned positions have gradients
     pruned = {n: grads[n] * (sparse.get_submodule(n).weight_mask == 0) for n in names}
     env = _env(trained, GradientProxy(pruned))
@@ -229,12 +229,12 @@ def test_proxy_fidelity_bench_end_to_end_on_digits(tmp_path):
                    "--bn_batch_counts", "1", "--rows", rows, "--out", out, "--precision", "fp32", "--bootstrap", "50"]
     first = run_script("bench/proxy_fidelity.py", args)
     written = read_jsonl(rows)
-    # 5 allocations x (2 steps seeds + bn + saliency + 2 long seeds)
-    assert len(written) == 5 * 6 and {r["label"] for r in written} >= {"uniform", "proportional", "greedy"}
+    # 5 allocations x (2 steps seeds + bn + saliency + gradient + 2 long seeds)
+    assert len(written) == 5 * 7 and {r["label"] for r in written} >= {"uniform", "proportional", "greedy"}
     summary = tmp_path / "summary.json"  # a regrowth run's best allocation, scored beside the drawn ones
     summary.write_text(json.dumps({"allocator": "rl", "best_allocation": written[0]["allocation"]}))
     again = run_script("bench/proxy_fidelity.py", args + ["--score_allocations", str(summary)])
-    assert "30 evaluations reused" in again.stdout and len(read_jsonl(rows)) == 36
+    assert "35 evaluations reused" in again.stdout and len(read_jsonl(rows)) == 42
     assert "rl best" in again.stdout and "would rank #" in again.stdout
     fidelity = json.load(open(os.path.join(out, "fidelity.json")))
     assert fidelity["n"] == 5 and len(fidelity["scored_runs"]) == 1

@@ -97,9 +97,13 @@ def plot_search_curves(rows, path, title="regrowth search"):
         running = [sum(rewards[i - window:i]) / window for i in range(window, len(rewards) + 1)]
         axes[0].plot(ep[window - 1:], running, "-", label=f"mean of the last {window}")
     axes[0].set_ylabel("reward")
-    axes[1].plot(ep, [r["val_acc"] for r in rows], ".", alpha=0.6, label="val acc after mini-finetune")
-    axes[1].plot(ep, [r["reference_acc"] for r in rows], "-", label="reference")
-    axes[1].set_ylabel("accuracy (%)")
+    if rows and "restored_share" in rows[0]:  # a training-free proxy: what it scored
+        axes[1].plot(ep, [r["restored_share"] for r in rows], ".", alpha=0.6, label="restored share (proxy)")
+        axes[1].set_ylabel("share")
+    else:
+        axes[1].plot(ep, [r["val_acc"] for r in rows], ".", alpha=0.6, label="val acc after the proxy")
+        axes[1].plot(ep, [r["reference_acc"] for r in rows], "-", label="reference")
+        axes[1].set_ylabel("accuracy (%)")
     if rows and "entropy" in rows[0]:
         axes[2].plot(ep, [r["entropy"] for r in rows], label="policy entropy")
         axes[2].plot(ep, [r["beta"] for r in rows], label="entropy weight beta")

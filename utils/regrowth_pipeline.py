@@ -433,9 +433,10 @@ def run_oneshot(args, kind_cls, *, sparse_path, out_dir, requested, reference, s
     outcome = run_search(env, space.names, space.ssim, space.capacities, cfg, reinforce, out_dir, args.resume,
                          on_best, on_episode, tag=f"oneshot {args.allocator}")
     best = outcome.best
+    measured = (f"restored share {best.restored_share:.4f}" if proxy.metric == "share"
+                else f"proxy val {best.val_acc:.2f} (reference {best.reference_acc:.2f})")
     log(f"search done: {outcome.episodes} episodes in {outcome.seconds:.0f} s ({outcome.stop_reason}); best episode "
-        f"{outcome.best_episode + 1}: proxy val {best.val_acc:.2f} (reference {best.reference_acc:.2f}), "
-        f"reward {best.reward:+.4f}")
+        f"{outcome.best_episode + 1}: {measured}, reward {best.reward:+.4f}")
     learning = first_vs_last([r["reward"] for r in outcome.rows]) if args.allocator == "rl" else {}
     if learning.get("window", 0) >= 2:
         log(f"policy: mean reward of the last {learning['window']} episodes {learning['last_mean']:+.4f} ± "
@@ -475,8 +476,8 @@ def run_oneshot(args, kind_cls, *, sparse_path, out_dir, requested, reference, s
                  f"(regrew {best.regrown:,} {kind.unit_label} of a budget of {budget:,})\n"
                  f"sparse model val acc: {sparse_val:.2f}  test acc: {sparse_test:.2f}\n"
                  f"best episode: {outcome.best_episode + 1} of {outcome.episodes} ({outcome.stop_reason})\n"
-                 f"reward proxy: {proxy.describe()} ({args.reward_metric if proxy.name != 'saliency' else 'share'})\n"
-                 f"best episode's proxy val acc: {best.val_acc:.2f} (reward reference {best.reference_acc:.2f})\n"
+                 f"reward proxy: {proxy.describe()} ({proxy.metric})\n"
+                 f"best episode's {measured}\n"
                  f"best reward (proxy gain + budget bonus): {best.reward:+.4f}\n"
                  f"final finetune: {ft_epochs:g} epochs, scope {args.finetune_scope}\n"
                  f"final val acc: {val_acc:.2f}  test acc: {test_acc:.2f}\n"

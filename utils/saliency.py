@@ -19,6 +19,29 @@ def _weight_param(module):
     return module.weight_orig if has_mask(module) else module.weight
 
 
+def _batch_losses(model, loader, device, max_batches, precision, desc):
+    """The mean cross-entropy of each of the first `max_batches` batches, in eval mode (restored after).
+
+    The loader's epoch is set to 0, so the same batches come whenever a pass runs (results are cached by
+    content)."""
+    was_training = model.training
+    model.eval()
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(0)
+    total = len(loader) if max_batches is None else min(len(loader), max_batches)
+    try:
+        for i, (x, y) in enumerate(bar(loader, total=total, desc=desc, leave=False, unit="batch")):
+            if max_batches is not None and i >= max_batches:
+                break
+            x, y = x.to(device), y.to(device)
+            if precision.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with precision.autocast(device):
+                yield F.cross_entropy(model(x).float(), y)
+    finally:
+        model.train(was_training)
+
+
 def weight_saliency(model, loader, layer_names, device, max_batches=None, precision=Precision(), with_taylor=False):
     """{layer: tensor shaped like its weight} of mean_b (dL_b/dθ)² θ² (CPU, float32).
 
@@ -32,20 +55,8 @@ def weight_saliency(model, loader, layer_names, device, max_batches=None, precis
     weights = [(p * m.weight_mask if has_mask(m) else p).detach().float() for p, m in zip(params, targets)]
     fisher = [torch.zeros_like(w) for w in weights]
     taylor = [torch.zeros_like(w) for w in weights] if with_taylor else None
-    was_training = model.training
-    model.eval()
-    if hasattr(loader, "set_epoch"):
-        loader.set_epoch(0)  # the same batches whenever the pass runs (results are cached by content)
     n_batches = 0
-    total = len(loader) if max_batches is None else min(len(loader), max_batches)
-    for i, (x, y) in enumerate(bar(loader, total=total, desc="saliency", leave=False, unit="batch")):
-        if max_batches is not None and i >= max_batches:
-            break
-        x, y = x.to(device), y.to(device)
-        if precision.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with precision.autocast(device):
-            loss = F.cross_entropy(model(x).float(), y)
+    for loss in _batch_losses(model, loader, device, max_batches, precision, "saliency"):
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         for j, g in enumerate(grads):
             if g is None:
@@ -55,7 +66,6 @@ def weight_saliency(model, loader, layer_names, device, max_batches=None, precis
             if with_taylor:
                 taylor[j].add_((g * weights[j]).abs())
         n_batches += 1
-    model.train(was_training)
     scale = 1.0 / max(n_batches, 1)
     result = {n: (f * scale).cpu().contiguous() for n, f in zip(layer_names, fisher)}
     if with_taylor:
@@ -81,20 +91,8 @@ def weight_gradient(model, loader, layer_names, device, max_batches=None, precis
     modules = dict(model.named_modules())
     targets = [modules[n] for n in layer_names]
     total = [None] * len(targets)
-    was_training = model.training
-    model.eval()
-    if hasattr(loader, "set_epoch"):
-        loader.set_epoch(0)
     n_batches = 0
-    count = len(loader) if max_batches is None else min(len(loader), max_batches)
-    for i, (x, y) in enumerate(bar(loader, total=count, desc="gradient", leave=False, unit="batch")):
-        if max_batches is not None and i >= max_batches:
-            break
-        x, y = x.to(device), y.to(device)
-        if precision.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with precision.autocast(device):
-            loss = F.cross_entropy(model(x).float(), y)
+    for loss in _batch_losses(model, loader, device, max_batches, precision, "gradient"):
         # the pruning hook recomputed module.weight (= weight_orig * mask) in this forward: differentiate it
         grads = torch.autograd.grad(loss, [m.weight for m in targets], allow_unused=True)
         for j, g in enumerate(grads):
@@ -102,7 +100,6 @@ def weight_gradient(model, loader, layer_names, device, max_batches=None, precis
                 g = g.detach().float()
                 total[j] = g if total[j] is None else total[j].add_(g)
         n_batches += 1
-    model.train(was_training)
     scale = 1.0 / max(n_batches, 1)
     return {n: (t * scale).abs().cpu().contiguous() if t is not None else torch.zeros_like(m.weight, device="cpu")
             for n, t, m in zip(layer_names, total, targets)}
