@@ -52,7 +52,6 @@ class RewardProxy:
 
     name = ""
     metric = "acc"
-    changes_weights = False  # True: env.model after score() is not the regrown state any more
 
     def describe(self):
         return self.name
@@ -65,7 +64,6 @@ class MiniFinetuneProxy(RewardProxy):
     """`steps`: the published per-episode finetune (see the module docstring)."""
 
     name = "steps"
-    changes_weights = True
 
     def __init__(self, steps, schedule="constant", repeats=1, metric="acc", lr=3e-4, weight_decay=0.01):
         if int(repeats) < 1:
