@@ -18,6 +18,7 @@ import argparse
 import glob
 import math
 import os
+import re
 
 import numpy as np
 
@@ -66,7 +67,8 @@ def _levels(args):
         if not os.path.isdir(folder):
             raise BridgeError(f"--model_path folder not found: {folder}")
         for path in sorted(glob.glob(os.path.join(folder, "*.pth"))):
-            if os.path.basename(path).startswith((".tmp", "search_")) or path.endswith("_compact.pth"):
+            if (os.path.basename(path).startswith((".tmp", "search_")) or path.endswith("_compact.pth")
+                    or re.search(r"_steps\d+\.pth$", path)):  # --save_at snapshots are not levels of the curve
                 continue
             sp, metrics = read_recorded(path)
             if sp > 0:

@@ -19,6 +19,7 @@ from models import MODEL_NAMES, canonical_model_name, model_loader
 from utils import cli
 from utils import distributed as dist
 from utils.checkpoints import atomic_torch_save, load_checkpoint, load_state_file, load_state_into, save_checkpoint
+from utils.compute import MacCounter, pass_flops
 from utils.errors import BridgeError, CheckpointError
 from utils.plots import plot_training_curves
 from utils.progress import bar, log
@@ -102,6 +103,7 @@ def main(args):
             stale += 1
         history.append({"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": stats.loss,
                         "train_acc": stats.acc, "val_loss": val_loss, "val_acc": val_acc, "seconds": stats.seconds,
+                        "images": stats.samples,
                         "images_per_s": stats.images_per_s})
         log(f"[pretrain] epoch {epoch + 1}/{args.epochs} | train loss {stats.loss:.4f} acc {stats.acc:.2f} | "
             f"val loss {val_loss:.4f} acc {val_acc:.2f}{' *' if improved else ''} | best {best_acc:.2f} "
@@ -124,10 +126,15 @@ def main(args):
     load_state_into(model, best["state_dict"], best_path)
     val_acc, _ = evaluate(model, data.val, device, precision)
     test_acc, test_loss = evaluate(model, data.test, device, precision)
+    # every epoch trained counts, not only those up to the best one (older resume states lack "images")
+    images = sum(h.get("images", len(data.train.dataset)) for h in history)
+    pretrain_flops = pass_flops(MacCounter(model, data.spec.image_size)(model), images, backward=True)
     save_checkpoint(best_path, model, args.m_name, data.spec.name, "pretrain", args,
-                    {"val_acc": val_acc, "test_acc": test_acc, "test_loss": test_loss}, epoch=best_epoch)
+                    {"val_acc": val_acc, "test_acc": test_acc, "test_loss": test_loss}, epoch=best_epoch,
+                    pretrain_flops=pretrain_flops, pretrain_images=images)
     if history:
         plot_training_curves(history, os.path.join(out_dir, "pretrain_curves.png"), f"pretrain {args.m_name}")
+    log(f"pretraining compute: {images:,} training images, {pretrain_flops:.4g} FLOPs (utils/compute.py)")
     log(f"best epoch {best_epoch}: val acc {val_acc:.2f} | test acc {test_acc:.2f} | "
         f"{time.perf_counter() - t0:.0f} s this run")
     log(f"wrote {best_path} (best-val model), {last_path} (resume state), "

@@ -3,11 +3,17 @@
     --m_prune iterative   prune --sparsity (default 0.3) of the remaining weights per level, from level
                           --iter_start to --iter_end, finetuning after each: 0.3, 0.51, 0.657, ... 0.9953
     --m_prune oneshot     prune the dense model directly to each target in --oneshot (0.95 0.98 0.99)
+    --mask_from CKPT      mask transplant: the dense weights under CKPT's mask (e.g. a regrown model's),
+                          finetuned with the same recipe, so a mask is measured apart from its training
+                          history; written to {work_dir}/{m_name}/transplant/, its training FLOPs counting
+                          the source's (what it took to find the mask)
 
-Outputs, in {work_dir}/{m_name}/{iterative|oneshot}/:
+Outputs, in {work_dir}/{m_name}/{iterative|oneshot|transplant}/:
     {m_name}_{sparsity}.pth      our checkpoint format, sparsity rounded to 4 decimals as published
     prune_log.jsonl              one row per level (also what --resume reads)
     prune_results.csv            sparsity, val and test accuracy per level
+    {m_name}_{sparsity}_evals.jsonl  with --eval_every: validation accuracy every that many steps
+    {m_name}_{sparsity}_steps{N}.pth with --save_at N: the state an N-step finetune ends with
     accuracy_vs_sparsity.png     the pruning curve
 
 Finetune: AdamW lr 3e-4, weight decay 0.01, a step budget (published: 12,520 steps per iterative level,
@@ -18,7 +24,9 @@ import argparse
 from models import MODEL_NAMES, canonical_model_name
 from utils import cli
 from utils.errors import BridgeError
-from utils.masks import add_masks, model_sparsity
+from utils.checkpoints import check_model_name, load_checkpoint, model_sparsity_of_state
+from utils.compute import recorded_flops
+from utils.masks import add_masks, model_sparsity, transplant_masks
 from utils.pruners import PRUNERS, weight_pruner_loader
 from utils.pruning_run import PruningPlan, add_finetune_args, run_pruning
 
@@ -36,6 +44,8 @@ def get_args_parser():
     p.add_argument("--sparsity", type=float, default=0.3, help="iterative: fraction of the remaining weights pruned per level")
     p.add_argument("--oneshot", type=float, nargs="+", default=[0.95, 0.98, 0.99],
                    help="oneshot: target sparsities, each pruned directly from the dense model")
+    p.add_argument("--mask_from", default=None,
+                   help="mask transplant: train this checkpoint's mask from the dense weights (replaces --pruner)")
     add_finetune_args(p)
     cli.add_data_args(p)
     cli.add_runtime_args(p)
@@ -45,21 +55,36 @@ def get_args_parser():
 def main(args):
     args.m_name = canonical_model_name(args.m_name)
     mode = MODES[args.m_prune]
-    pruner = weight_pruner_loader(args.pruner)
     cli.check_fraction("--sparsity", args.sparsity)
     for t in args.oneshot:
         cli.check_fraction("--oneshot target", t)
     if mode == "iterative" and not 1 <= args.iter_start <= args.iter_end:
         raise BridgeError(f"need 1 <= --iter_start <= --iter_end, got {args.iter_start} and {args.iter_end}")
     cli.print_args(args, "prune_unstructure.py")
+    columns = ["sparsity", "val_acc", "test_acc", "val_acc_before_finetune", "target_sparsity", "pruner", "amount",
+               "finetune_steps", "training_flops", "seconds", "path"]
+    if args.mask_from:
+        return run_pruning(args, transplant_plan(args, columns))
+    pruner = weight_pruner_loader(args.pruner)
     plan = PruningPlan(
         mode=mode, method=args.pruner, folder=mode, stage=f"prune_{mode}", add_masks=add_masks,
         prune=lambda model, amount, data: pruner(model, amount), sparsity=model_sparsity,
-        amount=args.sparsity, iter_range=(args.iter_start, args.iter_end), targets=args.oneshot,
-        columns=["sparsity", "val_acc", "test_acc", "val_acc_before_finetune", "target_sparsity", "pruner",
-                 "amount", "finetune_steps", "seconds", "path"])
+        amount=args.sparsity, iter_range=(args.iter_start, args.iter_end), targets=args.oneshot, columns=columns)
     return run_pruning(args, plan)
 
+
+def transplant_plan(args, columns):
+    """--mask_from: one level, the source checkpoint's mask on the dense weights."""
+    source = load_checkpoint(args.mask_from, trust_pickle=args.trust_pickle)
+    check_model_name(source, args.m_name, args.mask_from)
+    state = source["state_dict"]
+    sparsity = model_sparsity_of_state(state)
+    if sparsity <= 0:
+        raise BridgeError(f"--mask_from {args.mask_from}: the checkpoint holds no pruned mask")
+    return PruningPlan(
+        mode="oneshot", method="transplant", folder="transplant", stage="prune_transplant", add_masks=add_masks,
+        prune=lambda model, amount, data: transplant_masks(model, state, args.mask_from), sparsity=model_sparsity,
+        targets=[sparsity], columns=columns, inherited_flops=recorded_flops(source), inherited_from=args.mask_from)
 
 if __name__ == "__main__":
     cli.run(main, get_args_parser())

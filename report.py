@@ -22,11 +22,11 @@ import os
 from models import canonical_model_name
 from utils import cli
 from utils.errors import BridgeError
-from utils.plots import plot_report
+from utils.plots import plot_accuracy_vs_compute, plot_report
 from utils.progress import log
 from utils.pruning_curve import PruningCurve, read_recorded
 from utils.records import read_jsonl, write_json
-from utils.stats import fmt_mean_std, mean_std
+from utils.stats import compare_groups, fmt_difference, fmt_mean_std, mean_std
 
 CURVE_FOLDERS = ("iterative", "oneshot", "structured_iterative", "structured_oneshot")
 DEFAULT_RUNS = ("rl_saliency_oneshot", "rl_checkpoints", "structured_rl_ckpts")
@@ -44,9 +44,16 @@ def get_args_parser():
                    help="more work dirs whose {m_name}/ pruning curves are shown, labelled {dir name}/{curve}")
     p.add_argument("--direct", nargs="+", default=[],
                    help="work dirs of direct pruning runs (one per seed) each regrown result is compared with "
-                        "at the same sparsity: mean ± std, the difference, and whether it exceeds 2 pooled std")
+                        "at the same sparsity: mean ± std, the difference, Welch's p and a bootstrap 95%% interval")
     p.add_argument("--dense_ckpt", default=None, help="dense checkpoint (default {work_dir}/{m_name}/checkpoint/ckpt.pth)")
     p.add_argument("--title", default=None, help="report heading")
+    p.add_argument("--arms", nargs="+", default=[], metavar="LABEL=CKPT[,CKPT...]",
+                   help="named arms, each a comma-separated list of final checkpoints (one per seed; globs allowed): "
+                        "a table of val / test accuracy and training FLOPs per arm, and {out}_compute.png "
+                        "(--metric vs training compute)")
+    p.add_argument("--baseline_arms", nargs="+", default=[],
+                   help="labels of --arms every arm is compared with (differences of val and test accuracy, "
+                        "Welch's p, bootstrap 95%% interval)")
     return p
 
 
@@ -76,11 +83,83 @@ def load_direct(dirs, m_name):
     return groups
 
 
-def compare(accs, other):
-    """Difference of means and whether it exceeds 2 pooled sample std (sqrt of the mean of both variances)."""
-    (ma, sa), (mb, sb) = mean_std(accs), mean_std(other)
-    pooled = math.sqrt((sa ** 2 + sb ** 2) / 2)
-    return ma - mb, pooled, (len(accs) > 1 and len(other) > 1 and abs(ma - mb) > 2 * pooled)
+def flops_of(record):
+    """The total of a `training_flops` record (a dict in checkpoints and summaries, a number in log rows)."""
+    if isinstance(record, dict):
+        return float(record.get("total", math.nan))
+    return float(record) if record is not None else math.nan
+
+
+def fmt_flops(values):
+    values = [v for v in values if not math.isnan(v)]
+    return f"{sum(values) / len(values):.3g}" if values else "-"
+
+
+# ------------------------------------------------------------------------------------------------
+# arms: named groups of final checkpoints (one per seed), compared with baseline arms
+# ------------------------------------------------------------------------------------------------
+
+def parse_arm(spec):
+    """'LABEL=PATH_OR_GLOB[,PATH_OR_GLOB...]' -> (label, [checkpoint paths]) (globs expanded and sorted)."""
+    if "=" not in spec:
+        raise BridgeError(f"--arms {spec!r}: expected LABEL=CHECKPOINT[,CHECKPOINT...]")
+    label, rest = spec.split("=", 1)
+    paths = []
+    for part in filter(None, rest.split(",")):
+        found = sorted(glob.glob(part)) if any(ch in part for ch in "*?[") else [part]
+        missing = [f for f in found if not os.path.isfile(f)]
+        if not found or missing:
+            raise BridgeError(f"--arms {label}: no checkpoint at {missing[0] if missing else part}")
+        paths += found
+    return label.strip(), paths
+
+
+def load_arm(paths):
+    """[{val_acc, test_acc, training_flops, sparsity, seed, path}] read from the checkpoints' records."""
+    from utils.checkpoints import load_checkpoint
+
+    rows = []
+    for path in paths:
+        ckpt = load_checkpoint(path)
+        metrics, args = ckpt.get("metrics") or {}, ckpt.get("args") or {}
+        rows.append({"val_acc": float(metrics.get("val_acc", math.nan)),
+                     "test_acc": float(metrics.get("test_acc", math.nan)),
+                     "training_flops": flops_of(ckpt.get("training_flops")), "sparsity": ckpt.get("sparsity"),
+                     "seed": args.get("seed"), "path": path})
+    return rows
+
+
+def arms_section(arms, baselines):
+    """Markdown lines and JSON records of the arms table: mean ± std of val / test and training FLOPs per arm,
+    and the differences in val and test accuracy to each baseline arm (Welch's p, bootstrap 95% interval)."""
+    unknown = [b for b in baselines if b not in arms]
+    if unknown:
+        raise BridgeError(f"--baseline_arms {', '.join(unknown)}: not among the --arms labels ({', '.join(arms)})")
+    metrics = ("val_acc", "test_acc")
+    head = ["arm", "n", "sparsity", "val acc", "test acc", "training FLOPs"]
+    head += [f"Δ {m.replace('_acc', '')} vs {b}" for b in baselines for m in metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    records = []
+    for label, rows in arms.items():
+        sp = [r["sparsity"] for r in rows if r["sparsity"] is not None]
+        rec = {"arm": label, "n": len(rows), "paths": [r["path"] for r in rows], "seeds": [r["seed"] for r in rows],
+               "sparsity": sum(sp) / len(sp) if sp else None, "vs": {}}
+        for key in ("val_acc", "test_acc", "training_flops"):
+            rec[f"{key}_mean"], rec[f"{key}_std"] = mean_std([r[key] for r in rows])
+        cells = [label, str(len(rows)), f"{rec['sparsity']:.4f}" if sp else "-",
+                 fmt_mean_std([r["val_acc"] for r in rows]), fmt_mean_std([r["test_acc"] for r in rows]),
+                 fmt_flops([r["training_flops"] for r in rows])]
+        for b in baselines:
+            for m in metrics:
+                if b == label:
+                    cells.append("—")
+                    continue
+                cmp = compare_groups([r[m] for r in rows], [r[m] for r in arms[b]])
+                rec["vs"].setdefault(b, {})[m] = cmp
+                cells.append(fmt_difference(cmp))
+        lines.append("| " + " | ".join(cells) + " |")
+        records.append(rec)
+    return lines, records
 
 
 def curve_folders(work_dir, m_name, names, prefix=""):
@@ -141,6 +220,9 @@ def load_runs(paths, m_name):
                        "val_acc": s["final_val_acc"], "test_acc": s["final_test_acc"], "steps": 1}
             row.update({"kind": s.get("kind", "weights"), "allocator": s.get("allocator") or args.get("allocator", "rl"),
                         "init": args.get("init_strategy", "?"), "finetune_epochs": args.get("finetune_epochs"),
+                        "finetune_steps": s.get("final_finetune_steps", args.get("finetune_epochs")),
+                        "selection": s.get("selection", args.get("selection", "saliency")),
+                        "training_flops": flops_of(s.get("training_flops")),
                         "seed": s.get("seed", args.get("seed")), "start_ckpt": s.get("start_ckpt"), "path": path})
             rows.append(row)
     return rows
@@ -150,7 +232,7 @@ def group_runs(rows):
     """Runs differing only by seed/tag -> one group (key: type, kind, allocator, init, start, finetune)."""
     groups = {}
     for r in rows:
-        key = (r["type"], r["kind"], r["allocator"], r["init"], r["start_ckpt"], r["finetune_epochs"],
+        key = (r["type"], r["kind"], r["allocator"], r["init"], r["selection"], r["start_ckpt"], r["finetune_steps"],
                round(r["final_sparsity"], 3))
         groups.setdefault(key, []).append(r)
     return list(groups.values())
@@ -182,17 +264,18 @@ def main(args):
     if dense:
         lines += [f"Dense model: val {dense.get('val_acc', float('nan')):.2f}, test {dense.get('test_acc', float('nan')):.2f} "
                   f"({dense_path}).", ""]
-    lines += ["## Pruning curves", "", "| curve | pruner | sparsity | val acc | test acc | finetune steps |",
-              "|---|---|---|---|---|---|"]
+    lines += ["## Pruning curves", "",
+              "| curve | pruner | sparsity | val acc | test acc | finetune steps | training FLOPs |",
+              "|---|---|---|---|---|---|---|"]
     for name, rows in curves.items():
         for r in rows:
             lines.append(f"| {name} | {r.get('pruner')} | {r['sparsity']:.4f} | {r['val_acc']:.2f} | {r['test_acc']:.2f} "
-                         f"| {r.get('finetune_steps')} |")
+                         f"| {r.get('finetune_steps')} | {fmt_flops([flops_of(r.get('training_flops'))])} |")
     lines += ["", f"## Regrowth runs ({metric.replace('_', ' ')}; mean ± std over seeds where repeated)", "",
               "| type | unit | allocator | init | start | sparsity start → end | start acc | regrown acc | "
               "pruning curve at end sparsity | Δ vs curve | direct pruning, same sparsity and finetune | Δ vs direct "
-              "(> 2 pooled std?) | final finetune (epochs) | seeds |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "(Welch p, bootstrap 95% CI) | training FLOPs | final finetune (steps) | seeds |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     points, arrows, records = {}, [], []
     groups.sort(key=lambda g: (g[0]["type"], g[0]["kind"], -g[0]["start_sparsity"], g[0]["allocator"], g[0]["init"]))
     for g in groups:
@@ -212,16 +295,18 @@ def main(args):
         direct_cell, vs_direct, record = "", "", {}
         if direct_rows:
             other = [r[metric] for r in direct_rows]
-            diff, pooled, significant = compare(accs, other)
+            cmp = compare_groups(accs, other)
             direct_mean, direct_std = mean_std(other)
             direct_cell = f"{fmt_mean_std(other)} (n={len(other)})"
-            vs_direct = f"{diff:+.2f} ({'yes' if significant else 'no'}, 2σ = {2 * pooled:.2f})"
+            vs_direct = fmt_difference(cmp)
             record = {"direct_mean": direct_mean, "direct_std": direct_std, "direct_n": len(other),
-                      "diff_vs_direct": diff, "two_pooled_std": 2 * pooled, "exceeds_2std": bool(significant)}
+                      "diff_vs_direct": cmp["diff"], "welch_p": cmp["welch_p"], "ci_low": cmp["ci_low"],
+                      "ci_high": cmp["ci_high"]}
         lines.append(f"| {first['type']} | {first['kind']} | {first['allocator']} | {first['init']} | "
                      f"{os.path.basename(first['start_ckpt'] or '?')} | {first['start_sparsity']:.4f} → "
                      f"{first['final_sparsity']:.4f} | {start_acc:.2f} | {fmt_mean_std(accs)} | {ref} | {delta} | "
-                     f"{direct_cell} | {vs_direct} | {first['finetune_epochs']} | {seeds} (n={len(g)}) |")
+                     f"{direct_cell} | {vs_direct} | {fmt_flops([r['training_flops'] for r in g])} | "
+                     f"{first['finetune_steps']} | {seeds} (n={len(g)}) |")
         vals = [r["val_acc"] for r in g]
         records.append({"type": first["type"], "kind": first["kind"], "allocator": first["allocator"],
                         "init": first["init"], "start_ckpt": first["start_ckpt"],
@@ -232,8 +317,17 @@ def main(args):
         points.setdefault(label, []).append((first["final_sparsity"], mean_std(accs)[0]))
         arrows.append(((first["start_sparsity"], start_acc), (first["final_sparsity"], mean_std(accs)[0])))
     if not groups:
-        lines.append("| (no regrowth run found) |||||||||||||| ")
+        lines.append("| (no regrowth run found) ||||||||||||||| ")
     out = args.out or os.path.join(m_dir, "report.md")
+    arm_records, compute_png = [], None
+    if args.arms:
+        arm_rows = {label: load_arm(paths) for label, paths in (parse_arm(s) for s in args.arms)}
+        arm_lines, arm_records = arms_section(arm_rows, args.baseline_arms)
+        compute_png = plot_accuracy_vs_compute(
+            {label: [(r["training_flops"], r[metric]) for r in rows] for label, rows in arm_rows.items()},
+            os.path.splitext(out)[0] + "_compute.png", f"{args.m_name}: {metric.replace('_', ' ')} vs training compute")
+        lines += ["", "## Arms (mean ± std over seeds; differences of the means, Welch's p, bootstrap 95% interval)",
+                  ""] + arm_lines + ["", f"![accuracy vs training compute]({os.path.basename(compute_png)})", ""]
     direct_points = [(sp, *mean_std([r[metric] for r in rows])) for (_, sp), rows in sorted(direct.items(),
                                                                                          key=lambda kv: kv[0][1])]
     png = plot_report({name: [(r["sparsity"], r[metric]) for r in rows] for name, rows in curves.items()},
@@ -248,10 +342,12 @@ def main(args):
         if r["val_acc_mean"] > best.get(r["start_ckpt"], {}).get("val_acc_mean", -1):
             best[r["start_ckpt"]] = r
     write_json(os.path.splitext(out)[0] + ".json",
-               {"metric": metric, "groups": records, "best_allocator": {k: v["allocator"] for k, v in best.items()}})
+               {"metric": metric, "groups": records, "best_allocator": {k: v["allocator"] for k, v in best.items()},
+                "arms": arm_records})
     log("\n".join(lines))
     log(f"wrote {out} and {png}")
-    return {"curves": curves, "groups": groups, "records": records, "path": out, "figure": png}
+    return {"curves": curves, "groups": groups, "records": records, "arms": arm_records, "path": out, "figure": png,
+            "compute_figure": compute_png}
 
 
 if __name__ == "__main__":

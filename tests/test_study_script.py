@@ -46,7 +46,7 @@ def test_study_script_on_digits(tmp_path):
         # every arm ends at the next level of the curve and is compared with the direct arm there (2 seeds)
         target = max(s for s in levels if s < g["start_sparsity"] - 1e-6)
         assert g["final_sparsity"] == pytest.approx(target, abs=5e-4)
-        assert g["n"] == 2 and g["direct_n"] == 2 and "exceeds_2std" in g
+        assert g["n"] == 2 and g["direct_n"] == 2 and "welch_p" in g and "ci_low" in g
     arms = {(round(g["start_sparsity"], 4), g["allocator"], g["init"]) for g in report["groups"]}
     for s in starts:
         assert (s, "rl", "reference") in arms

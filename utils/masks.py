@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.prune as prune
 
+from utils.errors import CheckpointError
+
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 
 
@@ -63,6 +65,22 @@ def set_mask(module, new_mask):
     """Overwrite a module's mask in place (any layout), and zero nothing else."""
     with torch.no_grad():
         module.weight_mask.copy_(new_mask.reshape(module.weight_mask.shape).to(module.weight_mask.dtype))
+
+
+def transplant_masks(model, state_dict, source="the mask source"):
+    """Give every masked module of `model` the mask `state_dict` holds for it (weights untouched).
+
+    What a mask transplant trains: another run's mask on this model's (dense) weights.
+    """
+    for name, m in masked_modules(model):
+        key = f"{name}.weight_mask"
+        if key not in state_dict:
+            raise CheckpointError(f"{source} has no mask for layer {name!r}")
+        if tuple(state_dict[key].shape) != tuple(m.weight_mask.shape):
+            raise CheckpointError(f"{source}: mask of {name!r} is {tuple(state_dict[key].shape)}, the model's "
+                                  f"layer is {tuple(m.weight_mask.shape)}")
+        set_mask(m, state_dict[key].to(m.weight_mask.device))
+    return model
 
 
 def count_pruned_params(model):

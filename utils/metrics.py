@@ -24,17 +24,16 @@ class LayerCost:
 
 
 @torch.no_grad()
-def layer_costs(model, input_size, device="cpu"):
-    """Per prunable layer LayerCost for one input image of input_size x input_size."""
-    spatial = {}
+def output_positions(model, input_size, device="cpu"):
+    """{prunable layer: output positions per image} (H x W of a conv's output, 1 for a Linear), from one forward."""
+    positions = {}
 
     def hook(name):
         def record(module, _inp, out):
-            spatial[name] = out.shape[2] * out.shape[3] if out.dim() == 4 else 1
+            positions[name] = out.shape[2] * out.shape[3] if out.dim() == 4 else 1
         return record
 
-    mods = prunable_modules(model)
-    handles = [m.register_forward_hook(hook(n)) for n, m in mods]
+    handles = [m.register_forward_hook(hook(n)) for n, m in prunable_modules(model)]
     was_training = model.training
     model.eval()
     try:
@@ -44,6 +43,14 @@ def layer_costs(model, input_size, device="cpu"):
         for h in handles:
             h.remove()
         model.train(was_training)
+    return positions
+
+
+@torch.no_grad()
+def layer_costs(model, input_size, device="cpu"):
+    """Per prunable layer LayerCost for one input image of input_size x input_size."""
+    spatial = output_positions(model, input_size, device)
+    mods = prunable_modules(model)
     costs = []
     for name, m in mods:
         w = effective_weight(m)

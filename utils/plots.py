@@ -239,3 +239,49 @@ def plot_knees(xs, ys, marks, dense_acc, tolerance, path, title, xlabel):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def plot_accuracy_vs_compute(series, path, title, ylabel="accuracy (%)", xlabel="training FLOPs after pretraining"):
+    """One marker per arm at its mean training compute (log axis) and mean accuracy, with std error bars both ways.
+
+    series: {label: [(flops, acc)] per seed}.
+    """
+    fig, ax = plt.subplots(figsize=(7.6, 4.8))
+    markers = "osD^v<>pPX*h"
+    for i, (label, pts) in enumerate(series.items()):
+        if not pts:
+            continue
+        fl, acc = zip(*pts)
+        mf, ma = sum(fl) / len(fl), sum(acc) / len(acc)
+        sf = (sum((f - mf) ** 2 for f in fl) / (len(fl) - 1)) ** 0.5 if len(fl) > 1 else 0.0
+        sa = (sum((a - ma) ** 2 for a in acc) / (len(acc) - 1)) ** 0.5 if len(acc) > 1 else 0.0
+        ax.scatter(fl, acc, marker=markers[i % len(markers)], s=14, alpha=0.35, color=f"C{i % 10}")
+        ax.errorbar([mf], [ma], xerr=[sf], yerr=[sa], fmt=markers[i % len(markers)], ms=7, capsize=3,
+                    color=f"C{i % 10}", label=f"{label} (n={len(pts)})")
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _save(fig, path)
+
+
+def plot_finetune_curve(evals, path, title, marks=None):
+    """Validation accuracy of a finetune against its steps: each evaluation, and the best so far (what a run
+    stopped there keeps). evals: rows with "steps" and "val_acc"; marks: {label: steps} drawn as vertical lines."""
+    steps = [r["steps"] for r in evals]
+    acc = [r["val_acc"] for r in evals]
+    best = [max(acc[: i + 1]) for i in range(len(acc))]
+    fig, ax = plt.subplots(figsize=(6.8, 4.2))
+    ax.plot(steps, acc, marker="o", ms=3, alpha=0.6, label="val accuracy at the evaluation")
+    ax.plot(steps, best, drawstyle="steps-post", lw=2, label="best so far (the state kept)")
+    for i, (label, at) in enumerate((marks or {}).items()):
+        ax.axvline(at, color=f"C{i + 2}", ls="--", lw=1, label=label)
+    ax.set_xlabel("finetune steps")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)

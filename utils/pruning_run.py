@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 from utils import cli
 from utils.checkpoints import check_model_name, load_checkpoint, load_state_into, model_from_checkpoint, save_checkpoint
+from utils.compute import ComputeLedger, MacCounter, recorded_flops
 from utils.errors import BridgeError
-from utils.plots import plot_accuracy_vs_sparsity
+from utils.plots import plot_accuracy_vs_sparsity, plot_finetune_curve
 from utils.progress import log
 from utils.records import append_jsonl, read_jsonl, write_csv
 from utils.runtime import resolve_device, resolve_precision, set_seed, to_device
@@ -31,6 +32,12 @@ def add_finetune_args(p):
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--weight_decay", type=float, default=0.01)
     p.add_argument("--patience", type=int, default=50, help="finetune early stop after this many evaluations without gain")
+    p.add_argument("--eval_every", type=int, default=None,
+                   help="evaluate (and keep the best state) every this many finetune steps instead of every epoch; "
+                        "each evaluation is a row of {level}_evals.jsonl (the accuracy-vs-steps curve)")
+    p.add_argument("--save_at", type=int, nargs="+", default=[],
+                   help="also save, at these step counts, the checkpoint a finetune of that many steps would end "
+                        "with (the best evaluated state so far): {level}_steps{N}.pth; needs --eval_every dividing them")
     p.add_argument("--dense_ckpt", default=None, help="dense model (default {work_dir}/{m_name}/checkpoint/ckpt.pth)")
     p.add_argument("--work_dir", default=".", help="folder holding the {m_name}/ output tree")
     p.add_argument("--resume", action="store_true", help="skip levels already saved in the output folder")
@@ -40,6 +47,23 @@ def add_finetune_args(p):
 def level_filename(m_name, sparsity):
     """Published naming: the sparsity rounded to 4 decimals, Python's repr ('0.3', '0.657', '0.9953')."""
     return f"{m_name}_{round(sparsity, 4)}.pth"
+
+
+def check_eval_grid(eval_every, save_at, steps):
+    """--eval_every / --save_at must describe evaluations the finetune makes."""
+    if eval_every is not None and eval_every < 1:
+        raise BridgeError(f"--eval_every must be at least 1 step, got {eval_every}")
+    if save_at and eval_every is None:
+        raise BridgeError("--save_at needs --eval_every (the saved states are the best of the evaluations so far)")
+    for n in save_at:
+        if n < 1 or n > steps or (n % eval_every and n != steps):
+            raise BridgeError(f"--save_at {n}: must be a multiple of --eval_every {eval_every} within the "
+                              f"{steps} finetune steps")
+
+
+def snapshot_path(level_path, steps):
+    """Where --save_at N writes the N-step checkpoint of a level."""
+    return f"{os.path.splitext(level_path)[0]}_steps{steps}.pth"
 
 
 def finetune_steps(args, mode, steps_per_epoch):
@@ -68,6 +92,8 @@ class PruningPlan:
     iter_range: tuple = (1, 15)
     targets: list = field(default_factory=list)
     columns: list = field(default_factory=list)
+    inherited_flops: float = 0.0  # training FLOPs behind what `prune` applies (a transplanted mask's search)
+    inherited_from: str = None
     x_label: str = "sparsity"
     axis_label: str = "sparsity (fraction of prunable weights removed)"
 
@@ -83,9 +109,12 @@ def run_pruning(args, plan):
     out_dir = cli.check_writable(os.path.join(args.work_dir, args.m_name, plan.folder))
     log_path = os.path.join(out_dir, "prune_log.jsonl")
     steps = finetune_steps(args, plan.mode, len(data.train))
+    check_eval_grid(args.eval_every, args.save_at, steps)
     dense_model, _ = model_from_checkpoint(dense_path, args.m_name, expect="dense", trust_pickle=args.trust_pickle)
     model = to_device(plan.add_masks(dense_model), device, precision)
     dense_state = clone_state(model)  # all-ones masks: every one-shot target restarts from it
+    macs = MacCounter(model, data.spec.image_size)
+    prev_flops = [plan.inherited_flops, plan.inherited_from]  # iterative: what the level before recorded
     dense_val, _ = evaluate(model, data.val, device, precision)
     log(f"dense model {dense_path}: val acc {dense_val:.2f} | finetune {steps} steps per level "
         f"({steps / max(len(data.train), 1):.1f} epochs)")
@@ -94,30 +123,67 @@ def run_pruning(args, plan):
         if row.get("pruner") == plan.method and os.path.isfile(row["path"]):
             done[(row["mode"], row["key"])] = row
 
+    probe = []  # a second model of the same structure, built when a --save_at snapshot needs one
+
+    def save_snapshot(path, steps_done, best_state, val_acc, flops, extra_keys):
+        """The checkpoint a `steps_done`-step finetune would end with (see --save_at), with its test accuracy."""
+        if not probe:
+            fresh, _ = model_from_checkpoint(dense_path, args.m_name, expect="dense", trust_pickle=args.trust_pickle)
+            probe.append(to_device(plan.add_masks(fresh), device, precision))
+        probe[0].load_state_dict(best_state)
+        test_acc, _ = evaluate(probe[0], data.test, device, precision)
+        snap = snapshot_path(path, steps_done)
+        save_checkpoint(snap, probe[0], args.m_name, data.spec.name, plan.stage, args,
+                        {"val_acc": val_acc, "test_acc": test_acc}, finetune_steps=steps_done,
+                        training_flops=flops.record(), **extra_keys)
+        log(f"[{plan.mode}] {steps_done}-step state: val {val_acc:.2f}, test {test_acc:.2f} -> {snap}")
+
     def run_level(key, amount, target):
         t0 = time.perf_counter()
         plan.prune(model, amount, data)
         sp = plan.sparsity(model)
         pruned_val, _ = evaluate(model, data.val, device, precision)
+        path = os.path.join(out_dir, level_filename(args.m_name, sp))
+        # iterative levels continue the level before; one-shot levels (and transplants) start from the dense model
+        ledger = ComputeLedger(*(prev_flops if plan.mode == "iterative" else (plan.inherited_flops, plan.inherited_from)))
+        level_macs = macs(model)
+        extra_keys = dict(pruner=plan.method, level=key if plan.mode == "iterative" else None, target_sparsity=target,
+                          dense_ckpt=dense_path, sparsity=sp)
+        evals_path = os.path.splitext(path)[0] + "_evals.jsonl"
+        evals = []
+        if os.path.isfile(evals_path):
+            os.remove(evals_path)
+
+        def on_eval(row, best_state):
+            evals.append(row)
+            upto = ComputeLedger(ledger.inherited, ledger.inherited_from, dict(ledger.stages))
+            upto.add_pass("prune_finetune", level_macs, row["images"], backward=True)
+            append_jsonl(evals_path, {**row, "training_flops": upto.total})
+            if row["steps"] in args.save_at:
+                save_snapshot(path, row["steps"], best_state, max(r["val_acc"] for r in evals), upto, extra_keys)
+
         set_seed(args.seed + (key if isinstance(key, int) else int(round(target * 1e4))))
         opt = adamw_finetune_optimizer(model, args.lr, args.weight_decay)
         res = finetune(model, data.train, data.val, opt, device, precision, steps=steps, patience=args.patience,
-                       desc=f"{plan.mode} sp={sp:.4f}", ddp=True)
+                       desc=f"{plan.mode} sp={sp:.4f}", ddp=True, eval_every=args.eval_every, on_eval=on_eval)
+        ledger.add_pass("prune_finetune", level_macs, res.images, backward=True)
+        prev_flops[:] = [ledger.total, path]
         test_acc, _ = evaluate(model, data.test, device, precision)
         extra = plan.extra_metrics(model) if plan.extra_metrics else {}
-        path = os.path.join(out_dir, level_filename(args.m_name, sp))
         metrics = {"val_acc": res.best_val_acc, "test_acc": test_acc, "val_acc_before_finetune": pruned_val}
-        save_checkpoint(path, model, args.m_name, data.spec.name, plan.stage, args, metrics, pruner=plan.method,
-                        level=key if plan.mode == "iterative" else None, target_sparsity=target,
-                        finetune_steps=res.steps, dense_ckpt=dense_path, sparsity=sp, **extra)
+        save_checkpoint(path, model, args.m_name, data.spec.name, plan.stage, args, metrics,
+                        finetune_steps=res.steps, training_flops=ledger.record(), **extra_keys, **extra)
+        if args.eval_every is not None and evals:
+            plot_finetune_curve(evals, os.path.splitext(path)[0] + "_evals.png",
+                                f"{args.m_name} {plan.method} {plan.mode} at {plan.x_label} {sp:.4f}: finetune")
         row = {"mode": plan.mode, "key": key, "pruner": plan.method, "amount": amount, "target_sparsity": target,
                "sparsity": sp, "val_acc_before_finetune": pruned_val, "val_acc": res.best_val_acc,
-               "test_acc": test_acc, "finetune_steps": res.steps, "seconds": time.perf_counter() - t0, "path": path,
-               **extra}
+               "test_acc": test_acc, "finetune_steps": res.steps, "best_steps": res.best_steps,
+               "training_flops": ledger.total, "seconds": time.perf_counter() - t0, "path": path, **extra}
         append_jsonl(log_path, row)
         log(f"[{plan.mode}] {plan.x_label} {sp:.4f}: val {pruned_val:.2f} -> {res.best_val_acc:.2f} after finetune, "
             f"test {test_acc:.2f}" + "".join(f" | {k} {v:.4g}" for k, v in extra.items() if isinstance(v, float))
-            + f" | {row['seconds']:.0f} s | {path}")
+            + f" | {ledger.total:.3g} training FLOPs | {row['seconds']:.0f} s | {path}")
         return row
 
     if plan.mode == "iterative":
@@ -132,6 +198,7 @@ def run_pruning(args, plan):
             ckpt = load_checkpoint(prev["path"])
             check_model_name(ckpt, args.m_name, prev["path"])
             load_state_into(model, {k: v.to(device) for k, v in ckpt["state_dict"].items()}, prev["path"])
+            prev_flops[:] = [recorded_flops(ckpt), prev["path"]]
             log(f"starting from level {start - 1}: {prev['path']} ({plan.x_label} {prev['sparsity']:.4f})")
         for level in range(start, end + 1):
             run_level(level, plan.amount, 1 - (1 - plan.amount) ** level)

@@ -12,11 +12,14 @@ finetuning (utils/regrowth_pipeline.py) are the same for both kinds.
   capacity is below the budget is topped up with the next groups in ascending SSIM.
 """
 import time
+import zlib
 from dataclasses import dataclass
 
 import torch
 
 from utils.cache import cache_key, compute_context, state_digest
+from utils.compute import images_in_batches
+from utils.errors import BridgeError, UnknownChoiceError
 from utils.features import format_ssim_table, layer_ssim, select_search_space
 from utils.masks import count_pruned_params, model_sparsity
 from utils.progress import log
@@ -25,6 +28,11 @@ from utils.runtime import Precision
 from utils.saliency import layer_mean_saliency, weight_gradient, weight_saliency
 from utils.structured import channel_groups, channel_sparsity, filter_counts
 from utils.structured_regrowth import FilterRegrower, group_capacities, group_saliency, group_ssim
+
+
+def random_selection_generator(seed, layer):
+    """The generator of --selection random's scores for one layer: the same draws whatever else is searched."""
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + zlib.crc32(layer.encode()))
 
 
 @dataclass
@@ -44,6 +52,9 @@ def _pass_precision(setup):
 def _conv_ssim(setup, model, names):
     """SSIM per conv layer (dense vs `model`), cached by both models' contents, the data and where it ran."""
     t0 = time.perf_counter()
+    images = images_in_batches(setup.data.val, setup.args.ssim_num_batches)
+    setup.charge("ssim", setup.dense, images, backward=False)  # counted whether or not the cache answers
+    setup.charge("ssim", model, images, backward=False)
 
     def compute():
         return layer_ssim(setup.dense, model, setup.data.val, setup.device, names, setup.args.ssim_num_batches,
@@ -100,6 +111,8 @@ class UnstructuredKind:
         if missing:
             setup = self.setup
             t0 = time.perf_counter()
+            setup.charge("saliency", setup.dense, images_in_batches(setup.data.train, setup.args.saliency_batches),
+                         backward=True)
             self._saliency.update(_cached(setup, "saliency", missing, lambda: weight_saliency(
                 setup.dense, setup.data.train, missing, setup.device, setup.args.saliency_batches,
                 _pass_precision(setup))))
@@ -115,6 +128,8 @@ class UnstructuredKind:
         (the gradient reward proxy), cached by the model's content."""
         setup = self.setup
         t0 = time.perf_counter()
+        setup.charge("gradient", model, images_in_batches(setup.data.train, setup.args.saliency_batches),
+                     backward=True)
 
         def compute():
             grads = weight_gradient(model, setup.data.train, names, setup.device, setup.args.saliency_batches,
@@ -133,10 +148,35 @@ class UnstructuredKind:
             f"{setup.args.saliency_batches or len(setup.data.train)} train batches: {time.perf_counter() - t0:.1f} s")
         return grads
 
-    def regrower(self, space):
+    def reference_weights(self):
         if self._reference is None:
             self._reference = dense_reference_weights(self.setup.dense, self.setup.masked_names)
-        return WeightRegrower(self.saliency(space.names), self._reference, self.setup.args.init_strategy)
+        return self._reference
+
+    def selection_scores(self, names, model=None):
+        """{layer: score per weight}; regrowth restores the pruned positions with the highest (--selection):
+        saliency on the dense model, dense |w| (magnitude), |dL/dθ| of `model`, the sparse start (gradient),
+        or uniform random draws (random: one generator per layer, seeded by --seed and the layer's name)."""
+        selection = getattr(self.setup.args, "selection", "saliency")
+        if selection == "saliency":
+            return self.saliency(names)
+        if selection == "magnitude":
+            ref = self.reference_weights()
+            return {n: ref[n].abs() for n in names}
+        if selection == "gradient":
+            if model is None:
+                raise BridgeError("--selection gradient needs the sparse model the regrowth starts from")
+            return self.pruned_gradient(model, names)
+        if selection == "random":
+            ref = self.reference_weights()
+            return {n: torch.rand(ref[n].shape, generator=random_selection_generator(self.setup.args.seed, n))
+                    for n in names}
+        raise UnknownChoiceError("selection", selection, ("saliency", "magnitude", "gradient", "random"))
+
+    def regrower(self, space, model=None):
+        """The regrower of `space`; `model` (the sparse start) is needed by --selection gradient."""
+        return WeightRegrower(self.selection_scores(space.names, model), self.reference_weights(),
+                              self.setup.args.init_strategy)
 
     def guard_layer(self, space):
         """The published iterative safeguard: the searchable layer with the largest mean saliency."""
@@ -206,6 +246,8 @@ class StructuredKind:
         if missing:
             setup = self.setup
             t0 = time.perf_counter()
+            setup.charge("saliency", setup.dense, images_in_batches(setup.data.train, setup.args.saliency_batches),
+                         backward=True)
             self._scores.update(_cached(setup, "channel_scores", missing, lambda: group_saliency(
                 setup.dense, setup.data.train, [self.by_root[n] for n in missing], setup.device,
                 setup.args.regrowth_score, setup.args.saliency_batches, _pass_precision(setup)),
@@ -214,7 +256,7 @@ class StructuredKind:
                 f"{time.perf_counter() - t0:.1f} s")
         return {n: self._scores[n] for n in names}
 
-    def regrower(self, space):
+    def regrower(self, space, model=None):
         if self._dense_state is None:
             from utils.masks import unmasked_state_dict
 

@@ -21,6 +21,7 @@ from utils import cli
 from utils import distributed as dist
 from utils.allocators import ALLOCATORS
 from utils.cache import DiskCache, default_cache_dir, state_digest
+from utils.compute import ComputeLedger, MacCounter, pass_flops
 from utils.checkpoints import jsonable, load_checkpoint, load_state_into, model_from_checkpoint, save_checkpoint
 from utils.controller import Reinforce, ReinforceConfig, RegrowthAgent
 from utils.errors import BridgeError, UnknownChoiceError
@@ -30,7 +31,7 @@ from utils.progress import log
 from utils.pruning_curve import load_pruning_curve
 from utils.records import WandbLog, append_jsonl, read_jsonl, write_json, write_jsonl
 from utils.regrowth import INIT_ALIASES, INIT_STRATEGIES, canonical_init
-from utils.regrowth_search import RegrowthEnv, SearchConfig, ensure_best_states, run_search
+from utils.regrowth_search import RegrowthEnv, SearchConfig, ensure_best_states, run_search, search_flops
 from utils.reward_proxies import LR_SCHEDULES, REWARD_METRICS, REWARD_PROXIES, make_reward_proxy
 from utils.runtime import Precision, resolve_device, resolve_precision, set_seed, to_device
 from utils.stats import first_vs_last
@@ -105,8 +106,20 @@ def add_search_args(p, *, m_name="effnet", num_epochs=400, patience=50, ssim_num
     g.add_argument("--trust_pickle", action="store_true", help="allow reading pickled published checkpoints")
     g.add_argument("--no_wandb", action="store_true", help="accepted for compatibility; wandb is only used with --wandb")
     g.add_argument("--wandb", action="store_true", help="also log episodes to Weights & Biases (imported lazily)")
+    g.add_argument("--selection", default="saliency", choices=SELECTIONS,
+                   help="which pruned weights of a layer come back (unstructured): saliency (dL/dθ)²·θ² on the dense "
+                        "model (published); magnitude: largest dense |w|; gradient: largest |dL/dθ| of the sparse "
+                        "start model over the saliency batches (RigL's growth criterion); random")
     f = p.add_argument_group("final finetune")
     f.add_argument("--finetune_epochs", type=float, default=None, help="finetune of the best result (0/none skips)")
+    f.add_argument("--finetune_steps", type=int, default=None,
+                   help="finetune length in optimizer steps (instead of --finetune_epochs)")
+    f.add_argument("--finetune_schedule", default="cosine", choices=FINETUNE_SCHEDULES,
+                   help="cosine: the published 5%% linear warm-up then cosine to 0; constant: the pruning stage's "
+                        "constant learning rate (one recipe for regrown and directly pruned models)")
+    f.add_argument("--eval_every", type=int, default=None,
+                   help="evaluate the final finetune (and keep its best state) every this many steps instead of "
+                        "every epoch; the evaluations go to final_finetune_evals.jsonl")
     f.add_argument("--finetune_scope", default="all", choices=("all", "regrown"),
                    help="all: every weight trains; regrown: only the regrown weights change")
     f.add_argument("--finetune_lr", type=float, default=3e-4)
@@ -119,6 +132,9 @@ def add_search_args(p, *, m_name="effnet", num_epochs=400, patience=50, ssim_num
 # allocations too noisily), a 2,000-image reward validation subset and a saliency pass over 100 batches.
 # bench/proxy_fidelity.py measures how well its rewards rank allocations compared with a long finetune;
 # 150 steps keep evaluation + regrowth under 5% of an episode (bench/episode_breakdown.py).
+FINETUNE_SCHEDULES = ("cosine", "constant")
+SELECTIONS = ("saliency", "magnitude", "gradient", "random")
+
 FAST_PRESET = {"mini_finetune_steps": 150, "mini_finetune_schedule": "cosine", "reward_repeats": 3,
                "reward_val_subset": 2000, "saliency_batches": 100}
 
@@ -154,6 +170,16 @@ def validate_search_args(args, structured=False):
         raise UnknownChoiceError("allocator", args.allocator, ALLOCATORS)
     if args.num_epochs < 1:
         raise BridgeError("--num_epochs must be at least 1")
+    selection = getattr(args, "selection", "saliency")
+    if selection not in SELECTIONS:
+        raise UnknownChoiceError("selection", selection, SELECTIONS)
+    if selection != "saliency" and proxy == "saliency":
+        raise BridgeError(f"--reward_proxy saliency scores the saliency an allocation restores, but --selection "
+                          f"{selection} does not restore by saliency; use another proxy or --selection saliency")
+    if getattr(args, "finetune_steps", None) is not None and getattr(args, "finetune_epochs", None) is not None:
+        raise BridgeError("give --finetune_steps or --finetune_epochs, not both")
+    if getattr(args, "eval_every", None) is not None and args.eval_every < 1:
+        raise BridgeError(f"--eval_every must be at least 1 step, got {args.eval_every}")
 
 
 @dataclass
@@ -172,6 +198,13 @@ class RegrowthSetup:
     dense_digest: str = ""
     reward_train: object = None
     reward_val: object = None
+    compute: ComputeLedger = None   # training FLOPs of this run, on top of the start checkpoint's
+    macs: MacCounter = None         # non-zero MACs per image of a model of this architecture
+
+    def charge(self, stage, model, images, backward):
+        """Count a pass of `images` images through `model` into the run's training FLOPs (utils.compute)."""
+        if self.compute is not None and self.macs is not None:
+            self.compute.add_pass(stage, self.macs(model), images, backward)
 
     def data_key(self):
         """What about the data changes a cached result."""
@@ -195,6 +228,7 @@ def prepare(args, sparse_path):
     set_seed(args.seed)
     sparse, sparse_ckpt = model_from_checkpoint(sparse_path, args.m_name, expect="sparse",
                                                 trust_pickle=args.trust_pickle)
+    compute = ComputeLedger.starting_from(sparse_ckpt, sparse_path)
     dense_path = dense_checkpoint_path(args)
     dense, _ = model_from_checkpoint(dense_path, args.m_name, expect="dense", trust_pickle=args.trust_pickle)
     data = cli.build_data(args, device)
@@ -208,7 +242,8 @@ def prepare(args, sparse_path):
     setup = RegrowthSetup(args, device, precision, data, dense, dense_path, names, total, cache,
                           state_digest(dense.state_dict()) if cache.folder else "",
                           data.subset("train", reward_subset, seed=args.seed),
-                          data.subset("val", reward_val_subset, seed=args.seed))
+                          data.subset("val", reward_val_subset, seed=args.seed), compute,
+                          MacCounter(dense, data.spec.image_size))
     if reward_subset or reward_val_subset:
         log(f"episode rewards: mini-finetune on {len(setup.reward_train.dataset):,} training images, "
             f"scored on {len(setup.reward_val.dataset):,} validation images")
@@ -323,12 +358,21 @@ def cosine_with_warmup(optimizer, total_steps, warmup_fraction=0.05):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def final_finetune(setup, model, weight_idx, epochs, desc="final finetune"):
-    """Finetune the regrown model (scope per --finetune_scope); returns (val, test, FinetuneResult or None)."""
+def final_finetune_steps(args, steps_per_epoch):
+    """The final finetune's length in steps from --finetune_steps / --finetune_epochs (0: none)."""
+    if getattr(args, "finetune_steps", None) is not None:
+        return max(0, int(args.finetune_steps))
+    epochs = args.finetune_epochs or 0
+    return max(1, int(round(epochs * steps_per_epoch))) if epochs > 0 else 0
+
+
+def final_finetune(setup, model, weight_idx, steps, desc="final finetune", evals_path=None):
+    """Finetune the regrown model `steps` steps (scope per --finetune_scope, schedule per --finetune_schedule);
+    returns (val, test, FinetuneResult or None). With --eval_every each evaluation is a row of `evals_path`."""
     args = setup.args
     res = None
     regrown_only = args.finetune_scope == "regrown"
-    if not epochs or epochs <= 0:
+    if not steps or steps <= 0:
         pass
     elif regrown_only and not any(idx.numel() for idx in weight_idx.values()):
         log(f"{desc}: nothing was regrown, so --finetune_scope regrown has no weights to train; skipped")
@@ -337,10 +381,21 @@ def final_finetune(setup, model, weight_idx, epochs, desc="final finetune"):
         params = [p for p in model.parameters() if p.requires_grad]
         weight_decay = 0.0 if regrown_only else 0.01
         opt = torch.optim.AdamW(params, lr=args.finetune_lr, weight_decay=weight_decay)
-        steps = max(1, int(round(epochs * len(setup.data.train))))
+        schedule = cosine_with_warmup(opt, steps) if getattr(args, "finetune_schedule", "cosine") == "cosine" else None
+        eval_every = getattr(args, "eval_every", None)
+        if evals_path and eval_every and dist.is_main() and os.path.isfile(evals_path):
+            os.remove(evals_path)
+        macs, spent = setup.macs(model) if setup.macs else 0, setup.compute.total if setup.compute else 0.0
+
+        def on_eval(row, _best_state):
+            if evals_path and eval_every and dist.is_main():
+                append_jsonl(evals_path, {**row, "training_flops": spent + pass_flops(macs, row["images"], True)})
+
         set_seed(args.seed)
         res = finetune(model, setup.data.train, setup.data.val, opt, setup.device, setup.precision, steps=steps,
-                       scheduler=cosine_with_warmup(opt, steps), desc=desc, after_step=after, ddp=True)
+                       scheduler=schedule, desc=desc, after_step=after, ddp=True, eval_every=eval_every,
+                       on_eval=on_eval)
+        setup.charge("final_finetune", model, res.images, backward=True)
         for p in model.parameters():
             p.requires_grad_(True)
     val_acc, _ = evaluate(model, setup.data.val, setup.device, setup.precision)
@@ -349,6 +404,9 @@ def final_finetune(setup, model, weight_idx, epochs, desc="final finetune"):
 
 
 def save_model(path, model, setup, stage, metrics, kind, **extra):
+    """A checkpoint of `model` with the run's training FLOPs so far (utils.compute)."""
+    if setup.compute is not None:
+        extra.setdefault("training_flops", setup.compute.record())
     return save_checkpoint(path, model, setup.args.m_name, setup.data.spec.name, stage, setup.args, metrics,
                            sparsity=kind.sparsity(model), **extra)
 
@@ -391,7 +449,7 @@ def run_oneshot(args, kind_cls, *, sparse_path, out_dir, requested, reference, s
                                                 if budget < want else ""))
     if budget <= 0:
         raise BridgeError(f"the search space has no pruned {kind.unit_label} to regrow")
-    regrower = kind.regrower(space)
+    regrower = kind.regrower(space, sparse)
     sparse_val, _ = evaluate(sparse, setup.data.val, setup.device, setup.precision)
     sparse_test, _ = evaluate(sparse, setup.data.test, setup.device, setup.precision)
     start_sparsity = kind.sparsity(sparse)
@@ -403,7 +461,7 @@ def run_oneshot(args, kind_cls, *, sparse_path, out_dir, requested, reference, s
                          if hasattr(kind, "pruned_gradient") else None)
     env = RegrowthEnv(work_model_like(setup, sparse.state_dict()), clone_state(sparse), regrower, setup.reward_train,
                       setup.reward_val, setup.device, setup.precision, proxy, ref_fn, args.budget_bonus, kind.total(),
-                      args.seed)
+                      args.seed, macs=setup.macs)
     reinforce = (make_reinforce(args, rl_options["action_space_size"], 0, rl_options["advantage"], rl_options["clip"])
                  if args.allocator == "rl" else None)
     wandb = WandbLog(args.wandb, "bridge_" + kind.stage_prefix, f"{args.m_name}_{start_sparsity:.4f}", vars(args))
@@ -432,6 +490,7 @@ def run_oneshot(args, kind_cls, *, sparse_path, out_dir, requested, reference, s
                          top_up=kind.top_up_order(space, sparse) if rl_options.get("top_up") else None)
     outcome = run_search(env, space.names, space.ssim, space.capacities, cfg, reinforce, out_dir, args.resume,
                          on_best, on_episode, tag=f"oneshot {args.allocator}")
+    setup.compute.add("search", search_flops(outcome.rows))
     best = outcome.best
     measured = (f"restored share {best.restored_share:.4f}" if proxy.metric == "share"
                 else f"proxy val {best.val_acc:.2f} (reference {best.reference_acc:.2f})")
@@ -448,13 +507,15 @@ def run_oneshot(args, kind_cls, *, sparse_path, out_dir, requested, reference, s
     regrown, _ = env.regrow(best.allocation, outcome.best_episode)
     final = env.model
     ft_epochs = args.finetune_epochs or 0
-    val_acc, test_acc, _ = final_finetune(setup, final, kind.weight_indices(regrown), ft_epochs)
+    ft_steps = final_finetune_steps(args, len(setup.data.train))
+    val_acc, test_acc, _ = final_finetune(setup, final, kind.weight_indices(regrown), ft_steps,
+                                          evals_path=os.path.join(out_dir, "final_finetune_evals.jsonl"))
     final_sparsity = kind.sparsity(final)
     final_path = save_model(os.path.join(out_dir, "final_finetuned.pth"), final, setup, f"{stage}_final",
                             {"val_acc": val_acc, "test_acc": test_acc}, kind, allocation=best.allocation,
                             start_ckpt=sparse_path, start_sparsity=start_sparsity,
                             start_metrics={"val_acc": sparse_val, "test_acc": sparse_test},
-                            finetune_epochs=ft_epochs, finetune_scope=args.finetune_scope,
+                            finetune_epochs=ft_epochs, finetune_steps=ft_steps, finetune_scope=args.finetune_scope,
                             search_units=space.names, ssim=space.ssim)
     summary = {
         "model": args.m_name, "kind": kind.unit_label, "start_ckpt": sparse_path, "start_sparsity": start_sparsity,
@@ -464,7 +525,9 @@ def run_oneshot(args, kind_cls, *, sparse_path, out_dir, requested, reference, s
         "reference_acc_of_best": best.reference_acc, "episodes": outcome.episodes, "stop_reason": outcome.stop_reason,
         "search_seconds": outcome.seconds, "reward_first_vs_last": learning,
         "mini_finetune_steps": steps, "reward_proxy": proxy.describe(),
-        "final_finetune_epochs": ft_epochs,
+        "final_finetune_epochs": ft_epochs, "final_finetune_steps": ft_steps,
+        "final_finetune_schedule": args.finetune_schedule, "selection": getattr(args, "selection", "saliency"),
+        "training_flops": setup.compute.record(),
         "final_val_acc": val_acc, "final_test_acc": test_acc, "best_allocation": best.allocation,
         "search_layers": space.names, "ssim": space.ssim, "run_seconds": time.perf_counter() - t_run,
         "final_description": kind.describe(final), "seed": args.seed, "args": jsonable(args),
@@ -479,7 +542,8 @@ def run_oneshot(args, kind_cls, *, sparse_path, out_dir, requested, reference, s
                  f"reward proxy: {proxy.describe()} ({proxy.metric})\n"
                  f"best episode's {measured}\n"
                  f"best reward (proxy gain + budget bonus): {best.reward:+.4f}\n"
-                 f"final finetune: {ft_epochs:g} epochs, scope {args.finetune_scope}\n"
+                 f"final finetune: {ft_steps} steps ({args.finetune_schedule} lr), scope {args.finetune_scope}\n"
+                 f"training FLOPs from the dense model: {setup.compute.total:.4g} (this run {setup.compute.spent:.4g})\n"
                  f"final val acc: {val_acc:.2f}  test acc: {test_acc:.2f}\n"
                  f"search time: {outcome.seconds:.0f} s ({outcome.seconds / 3600:.2f} h)\n"
                  f"best allocation: {best.allocation}\n")
@@ -560,7 +624,9 @@ def run_iterative(args, kind_cls, *, baseline_dir, run_dir, script, rl_options):
         if prev is None:
             raise BridgeError(f"cannot start at iteration {start_iter}: {run_dir}/iter_{start_iter - 1}/"
                               "best_grown_model.pth does not exist")
-        load_state_into(current, {k: v.to(setup.device) for k, v in load_checkpoint(prev)["state_dict"].items()})
+        prev_ckpt = load_checkpoint(prev)
+        load_state_into(current, {k: v.to(setup.device) for k, v in prev_ckpt["state_dict"].items()})
+        setup.compute = ComputeLedger.starting_from(prev_ckpt, prev)  # its FLOPs include every earlier iteration's
         log(f"continuing after iteration {start_iter - 1}: {prev}")
     rows = [r for r in read_jsonl(iter_log) if r["iteration"] < start_iter]
     if start_iter == 0:
@@ -587,9 +653,9 @@ def run_iterative(args, kind_cls, *, baseline_dir, run_dir, script, rl_options):
             log("everything pruned in the search space is restored; stopping")
             break
         reference = calibrated_reference(setup, current, curve, cur_val)
-        env = RegrowthEnv(work, clone_state(current), kind.regrower(space), setup.reward_train, setup.reward_val,
-                          setup.device, setup.precision, reward_proxy(args, steps), reference, args.budget_bonus,
-                          kind.total(), args.seed + it)
+        env = RegrowthEnv(work, clone_state(current), kind.regrower(space, current), setup.reward_train,
+                          setup.reward_val, setup.device, setup.precision, reward_proxy(args, steps), reference,
+                          args.budget_bonus, kind.total(), args.seed + it, macs=setup.macs)
         reinforce = (make_reinforce(args, args.alloc_space_size, args.budget_space_size, rl_options["advantage"],
                                     rl_options["clip"]) if args.allocator == "rl" else None)
         cfg = _search_config(args, space, budget_options=budget_options, position="iterative",
@@ -602,6 +668,7 @@ def run_iterative(args, kind_cls, *, baseline_dir, run_dir, script, rl_options):
         outcome = run_search(env, space.names, space.ssim, space.capacities, cfg, reinforce, it_dir, resume_search,
                              on_episode=lambda e, r: wandb.log({"iteration": it, "episode": e + 1, "reward": r.reward}),
                              tag=f"iter {it} {args.allocator}")
+        setup.compute.add("search", search_flops(outcome.rows))
         best = ensure_best_states(env, outcome)
         load_state_into(current, {k: v.to(setup.device) for k, v in best.post_state.items()})
         new_sp = kind.sparsity(current)
@@ -630,16 +697,19 @@ def run_iterative(args, kind_cls, *, baseline_dir, run_dir, script, rl_options):
 
     final_val, final_test = rows[-1]["val_acc"], rows[-1]["test_acc"]
     final_path = None
-    if args.finetune_epochs:
+    ft_steps = final_finetune_steps(args, len(setup.data.train))
+    if ft_steps:
         regrown = regrown_since(start_masks, current)  # union of all iterations' regrown weights
-        final_val, final_test, _ = final_finetune(setup, current, regrown, args.finetune_epochs)
+        final_val, final_test, _ = final_finetune(setup, current, regrown, ft_steps,
+                                                  evals_path=os.path.join(run_dir, "final_finetune_evals.jsonl"))
         final_path = save_model(os.path.join(run_dir, "final_finetuned.pth"), current, setup,
                                 f"{kind.stage_prefix}_iterative_final", {"val_acc": final_val, "test_acc": final_test},
                                 kind)
     final_sp = kind.sparsity(current)
     summary = {"model": args.m_name, "kind": kind.unit_label, "start_ckpt": sparse_path, "baseline_dir": baseline_dir,
                "iterations": rows, "final_sparsity": final_sp, "final_val_acc": final_val, "final_test_acc": final_test,
-               "final_checkpoint": final_path, "mini_finetune_steps": steps,
+               "final_checkpoint": final_path, "mini_finetune_steps": steps, "final_finetune_steps": ft_steps,
+               "training_flops": setup.compute.record(),
                "run_seconds": time.perf_counter() - t_run, "final_description": kind.describe(current),
                "seed": args.seed, "args": jsonable(args)}
     write_json(os.path.join(run_dir, "summary.json"), summary)

@@ -30,6 +30,7 @@ import torch
 from utils import distributed as dist
 from utils.allocators import allocate
 from utils.checkpoints import atomic_torch_save, load_state_file
+from utils.compute import pass_flops
 from utils.controller import sample_allocation
 from utils.errors import BridgeError
 from utils.progress import bar, log
@@ -54,6 +55,7 @@ class EpisodeResult:
     val_loss: float = math.nan        # the proxy's validation loss (nan where it measures none)
     reference_loss: float = math.nan  # the loss metric's reference
     restored_share: float = math.nan  # the saliency / gradient proxies' score
+    flops: float = 0.0                # training FLOPs the proxy spent on this episode (utils.compute)
 
 
 def cpu_clone(state):
@@ -69,7 +71,7 @@ class RegrowthEnv:
     """Scores allocations on a preallocated working model (see module docstring)."""
 
     def __init__(self, work_model, start_state, regrower, train_loader, val_loader, device, precision, proxy,
-                 reference_fn, budget_bonus, total_weights, seed, keep_states=True):
+                 reference_fn, budget_bonus, total_weights, seed, keep_states=True, macs=None):
         if not isinstance(proxy, RewardProxy):
             raise BridgeError(f"a RegrowthEnv needs a reward proxy (utils/reward_proxies.py), got {proxy!r}")
         self.model, self.start_state, self.regrower = work_model, start_state, regrower
@@ -77,6 +79,7 @@ class RegrowthEnv:
         self.device, self.precision, self.proxy = device, precision, proxy
         self.reference_fn, self.budget_bonus = reference_fn, budget_bonus
         self.total_weights, self.seed, self.keep_states = total_weights, seed, keep_states
+        self.macs = macs  # utils.compute.MacCounter: what an episode's passes cost (None: not counted)
         self._reference_loss = None
 
     def reset(self):
@@ -106,6 +109,10 @@ class RegrowthEnv:
         score = self.proxy.score(self, idx, episode)
         post = cpu_clone(self.model.state_dict()) if self.keep_states else None
         sparsity = self.regrower.sparsity(self.model)
+        flops = 0.0
+        if self.macs is not None and (score.train_images or score.forward_images):
+            macs = self.macs(self.model)  # the regrown model's mask: what its passes multiply
+            flops = pass_flops(macs, score.train_images, True) + pass_flops(macs, score.forward_images, False)
         ref = self.reference_fn(sparsity)
         usage = regrown / max(budget, 1)
         if self.proxy.metric == "acc":
@@ -118,7 +125,8 @@ class RegrowthEnv:
         timings = {"regrow_s": t1 - t0, **score.timings, "proxy_s": time.perf_counter() - t1,
                    "episode_s": time.perf_counter() - t0}
         return EpisodeResult(reward, score.val_acc, ref, sparsity, regrown, usage, dict(allocation), timings, pre, post,
-                             val_loss=score.val_loss, reference_loss=ref_loss, restored_share=score.restored_share)
+                             val_loss=score.val_loss, reference_loss=ref_loss, restored_share=score.restored_share,
+                             flops=flops)
 
 
 @dataclass
@@ -154,6 +162,7 @@ def _row(episode, sample_info, result, update, index_in_batch=0):
            "reference_acc": result.reference_acc, "improvement_pp": result.val_acc - result.reference_acc,
            "sparsity": result.sparsity, "regrown": result.regrown, "usage": result.usage,
            "allocation": result.allocation, **sample_info, **result.timings}
+    row["flops"] = result.flops
     for key in ("val_loss", "reference_loss", "restored_share"):
         if not math.isnan(getattr(result, key)):
             row[key] = getattr(result, key)
@@ -311,3 +320,8 @@ def ensure_best_states(env, outcome, budget=None):
 
 def search_seconds_per_episode(rows):
     return sum(r["episode_s"] for r in rows) / len(rows) if rows else math.nan
+
+
+def search_flops(rows):
+    """Training FLOPs a search's episodes spent (their log rows; resumed episodes included)."""
+    return float(sum(r.get("flops", 0.0) for r in rows))

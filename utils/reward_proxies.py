@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from data.data_loader import set_shuffle_seed
+from utils.compute import images_in_batches
 from utils.errors import BridgeError, UnknownChoiceError
 from utils.runtime import set_seed
 from utils.training import adamw_finetune_optimizer, clone_state, evaluate, finetune
@@ -45,6 +46,8 @@ class ProxyScore:
     val_loss: float = math.nan
     restored_share: float = math.nan
     timings: dict = field(default_factory=dict)
+    train_images: int = 0    # images through forward + backward (utils.compute counts them)
+    forward_images: int = 0  # images through a forward only (BatchNorm passes, the scoring evaluations)
 
 
 class RewardProxy:
@@ -91,13 +94,16 @@ class MiniFinetuneProxy(RewardProxy):
         ends as the first run's best state."""
         regrown_state = clone_state(env.model) if self.repeats > 1 else None
         accs, losses, first, train_s, data_s = [], [], None, 0.0, 0.0
+        trained, scored = 0, 0
         t0 = time.perf_counter()
         for k in range(self.repeats):
             if k:
                 env.model.load_state_dict(regrown_state)
             res = self._run(env, env.seed + k, episode)
             accs.append(res.best_val_acc)
-            losses.append(res.history[res.best_epoch - 1]["val_loss"] if res.best_epoch else math.nan)
+            losses.append(res.best_val_loss)
+            trained += res.images
+            scored += len(res.history) * images_in_batches(env.val_loader)
             train_s += sum(h["seconds"] for h in res.history)
             data_s += sum(h["data_seconds"] for h in res.history)
             if k == 0 and self.repeats > 1:
@@ -106,7 +112,8 @@ class MiniFinetuneProxy(RewardProxy):
             env.model.load_state_dict(first)
         total = time.perf_counter() - t0
         return ProxyScore(sum(accs) / len(accs), sum(losses) / len(losses), timings={
-            "finetune_train_s": train_s - data_s, "finetune_data_s": data_s, "finetune_eval_s": total - train_s})
+            "finetune_train_s": train_s - data_s, "finetune_data_s": data_s, "finetune_eval_s": total - train_s},
+            train_images=trained, forward_images=scored)
 
 
 @torch.no_grad()
@@ -160,10 +167,11 @@ class BatchNormProxy(RewardProxy):
         set_shuffle_seed(env.train_loader, env.seed)  # the same batches in every episode
         if hasattr(env.train_loader, "set_epoch"):
             env.train_loader.set_epoch(0)
-        recalibrate_batchnorm(env.model, env.train_loader, self.batches, env.device, env.precision)
+        used = recalibrate_batchnorm(env.model, env.train_loader, self.batches, env.device, env.precision)
         t1 = time.perf_counter()
         acc, loss = evaluate(env.model, env.val_loader, env.device, env.precision)
-        return ProxyScore(acc, loss, timings={"bn_s": t1 - t0, "eval_s": time.perf_counter() - t1})
+        return ProxyScore(acc, loss, timings={"bn_s": t1 - t0, "eval_s": time.perf_counter() - t1},
+                          forward_images=images_in_batches(env.train_loader, used) + images_in_batches(env.val_loader))
 
 
 class SaliencyProxy(RewardProxy):

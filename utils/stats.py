@@ -82,3 +82,33 @@ def first_vs_last(values, window=50):
     t, p = welch_t_test(last, first)
     return {"window": w, "first_mean": m0, "first_std": s0, "last_mean": m1, "last_std": s1, "welch_t": t,
             "welch_p": p}
+
+
+def bootstrap_mean_difference(a, b, resamples=10000, level=0.95, seed=0):
+    """Percentile bootstrap interval of mean(a) - mean(b): each group resampled with replacement on its own.
+
+    With n = 3 per group the interval is coarse (few distinct resamples); it is reported beside Welch's p,
+    not instead of it. Returns (low, high); NaNs when a group is empty.
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) == 0 or len(b) == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    diffs = (a[rng.integers(0, len(a), (int(resamples), len(a)))].mean(1)
+             - b[rng.integers(0, len(b), (int(resamples), len(b)))].mean(1))
+    tail = 100 * (1 - level) / 2
+    return float(np.percentile(diffs, tail)), float(np.percentile(diffs, 100 - tail))
+
+
+def compare_groups(a, b, resamples=10000, seed=0):
+    """mean(a) - mean(b), Welch's two-sided p (NaN below 2 values a side) and the bootstrap 95% interval."""
+    diff = mean_std(a)[0] - mean_std(b)[0]
+    _, p = welch_t_test(a, b)
+    low, high = bootstrap_mean_difference(a, b, resamples, seed=seed)
+    return {"diff": diff, "welch_p": p, "ci_low": low, "ci_high": high, "n_a": len(a), "n_b": len(b)}
+
+
+def fmt_difference(c, digits=2):
+    """'+1.23 (p = 0.041, 95% CI [+0.40, +2.10])' for a compare_groups result."""
+    p = "p = n/a" if math.isnan(c["welch_p"]) else f"p = {c['welch_p']:.2g}"
+    return (f"{c['diff']:+.{digits}f} ({p}, 95% CI [{c['ci_low']:+.{digits}f}, {c['ci_high']:+.{digits}f}])")

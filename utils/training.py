@@ -89,10 +89,12 @@ class EpochStats:
 
 
 def train_one_epoch(model, loader, optimizer, device, precision=Precision(), scheduler=None, max_steps=None,
-                    desc="train", after_step=None):
+                    desc="train", after_step=None, on_step=None):
     """One pass (or `max_steps` steps) over `loader`. `scheduler` is stepped per optimizer step.
 
-    `after_step(model)` runs after each optimizer step (e.g. to re-apply a constraint).
+    `after_step(model)` runs after each optimizer step (e.g. to re-apply a constraint);
+    `on_step(steps, samples)` after that, with this epoch's counts so far: a true result ends the epoch
+    there (an evaluation between steps, an early stop).
     Returns EpochStats; raises NonFiniteLossError on a NaN/inf loss.
     """
     model.train()
@@ -138,6 +140,8 @@ def train_one_epoch(model, loader, optimizer, device, precision=Precision(), sch
             correct += (out.detach().argmax(1) == y).sum()
             if steps % _CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
                 raise NonFiniteLossError(f"non-finite training loss at step {steps} of {desc}")
+            if on_step is not None and on_step(steps, samples):
+                break
     loss_avg = (loss_sum / max(samples, 1)).item()
     if not math.isfinite(loss_avg):
         raise NonFiniteLossError(f"non-finite training loss in {desc}")
@@ -178,21 +182,30 @@ def clone_state(model):
 @dataclass
 class FinetuneResult:
     best_val_acc: float
-    best_epoch: int
+    best_epoch: int          # 1-based index into history of the best evaluation (0: the model as it came in)
     steps: int
     epochs: int
     seconds: float
     history: list = field(default_factory=list)
+    images: int = 0          # training images seen (all processes), for utils.compute
+    best_steps: int = 0      # optimizer steps done when the kept state was evaluated
+
+    @property
+    def best_val_loss(self):
+        return self.history[self.best_epoch - 1]["val_loss"] if self.best_epoch else math.nan
 
 
 def finetune(model, train_loader, val_loader, optimizer, device, precision=Precision(), steps=None, epochs=None,
              patience=None, scheduler=None, desc="finetune", verbose=True, after_step=None, initial_val_acc=None,
-             ddp=False):
-    """Train for a step budget (or whole epochs), evaluating on `val_loader` after every (partial) epoch.
+             ddp=False, eval_every=None, on_eval=None):
+    """Train for a step budget (or whole epochs), evaluating on `val_loader` after every (partial) epoch, or
+    every `eval_every` optimizer steps (and after the last one) when given.
 
     The state with the best validation accuracy (strictly better than any earlier one, starting
     from `initial_val_acc` when given, i.e. the model as it came in) is loaded back at the end.
-    Stops early after `patience` evaluations without improvement. Returns a FinetuneResult.
+    Stops early after `patience` evaluations without improvement. Returns a FinetuneResult; its history
+    has one row per evaluation. `on_eval(row, best_state)` runs after each evaluation with the row and
+    the best state so far (what a run stopped at `row["steps"]` would return), e.g. to save it.
     With ddp=True under torchrun the model trains as DistributedDataParallel, each process on its
     shard of every batch order (the step budget then counts steps of the sharded loader).
     """
@@ -202,41 +215,75 @@ def finetune(model, train_loader, val_loader, optimizer, device, precision=Preci
         train_loader.shard(dist.rank(), dist.world_size())
         try:
             return finetune(dist.wrap_ddp(model), train_loader, val_loader, optimizer, device, precision, steps,
-                            epochs, patience, scheduler, desc, verbose, after_step, initial_val_acc, ddp=False)
+                            epochs, patience, scheduler, desc, verbose, after_step, initial_val_acc, ddp=False,
+                            eval_every=eval_every, on_eval=on_eval)
         finally:
             train_loader.shard(0, 1)
     if steps is None:
         steps = (epochs or 1) * len(train_loader)
     steps = int(steps)
+    if eval_every is not None and int(eval_every) < 1:
+        raise BridgeError(f"eval_every must be at least 1 step, got {eval_every}")
+    world = dist.world_size()
     t0 = time.perf_counter()
-    best_acc = -1.0 if initial_val_acc is None else float(initial_val_acc)
-    best_state = clone_state(model) if initial_val_acc is not None else None
-    best_epoch, done, epoch, stale = 0, 0, 0, 0
+    st = {"best_acc": -1.0 if initial_val_acc is None else float(initial_val_acc),
+          "best_state": clone_state(model) if initial_val_acc is not None else None,
+          "best_epoch": 0, "best_steps": 0, "stale": 0, "images": 0}
     history = []
-    while done < steps:
+
+    def evaluate_here(done, epoch, stats=None):
+        val_acc, val_loss = evaluate(model, val_loader, device, precision)
+        improved = val_acc > st["best_acc"]
+        row = {"epoch": epoch, "steps": done, "images": st["images"], "val_loss": val_loss, "val_acc": val_acc}
+        if stats is not None:
+            row.update(train_loss=stats.loss, train_acc=stats.acc, seconds=stats.seconds,
+                       data_seconds=stats.data_seconds)
+        history.append(row)
+        if improved:
+            st.update(best_acc=val_acc, best_epoch=len(history), best_steps=done, best_state=clone_state(model),
+                      stale=0)
+        else:
+            st["stale"] += 1
+        if verbose:
+            train = f"train loss {stats.loss:.4f} acc {stats.acc:.2f} | " if stats is not None else ""
+            speed = f" | {stats.images_per_s:.0f} img/s" if stats is not None else ""
+            log(f"[{desc}] epoch {epoch} steps {done}/{steps} | {train}val loss {val_loss:.4f} acc {val_acc:.2f}"
+                f"{' *' if improved else ''}{speed}")
+        if on_eval is not None:
+            on_eval(row, st["best_state"])
+        return patience is not None and st["stale"] >= patience
+
+    done, epoch, stop = 0, 0, False
+    while done < steps and not stop:
         epoch += 1
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch - 1)
+        base_images, last_eval = st["images"], [done]
+
+        def on_step(k, samples):  # evaluations between epochs' ends, every eval_every steps
+            nonlocal stop
+            st["images"] = base_images + samples * world
+            now = done + k
+            if eval_every is not None and (now % eval_every == 0 or now == steps):
+                last_eval[0] = now
+                stop = evaluate_here(now, epoch)
+            return stop
+
         stats = train_one_epoch(model, train_loader, optimizer, device, precision, scheduler,
-                                max_steps=steps - done, desc=f"{desc} ep{epoch}", after_step=after_step)
+                                max_steps=steps - done, desc=f"{desc} ep{epoch}", after_step=after_step,
+                                on_step=on_step)
         done += stats.steps
-        val_acc, val_loss = evaluate(model, val_loader, device, precision)
-        improved = val_acc > best_acc
-        if improved:
-            best_acc, best_epoch, best_state, stale = val_acc, epoch, clone_state(model), 0
-        else:
-            stale += 1
-        history.append({"epoch": epoch, "steps": done, "train_loss": stats.loss, "train_acc": stats.acc,
-                        "val_loss": val_loss, "val_acc": val_acc, "seconds": stats.seconds,
-                        "data_seconds": stats.data_seconds})
-        if verbose:
-            log(f"[{desc}] epoch {epoch} steps {done}/{steps} | train loss {stats.loss:.4f} acc {stats.acc:.2f} | "
-                f"val loss {val_loss:.4f} acc {val_acc:.2f}{' *' if improved else ''} | {stats.images_per_s:.0f} img/s")
-        if stats.steps == 0 or (patience is not None and stale >= patience):
+        st["images"] = base_images + stats.samples * world
+        if eval_every is None:
+            stop = evaluate_here(done, epoch, stats) or stop
+        elif last_eval[0] == done and history:  # this epoch ended on an evaluation: give it the epoch's train stats
+            history[-1].update(train_loss=stats.loss, train_acc=stats.acc)
+        if stats.steps == 0:
             break
-    if best_state is not None:
-        (model.module if hasattr(model, "module") else model).load_state_dict(best_state)
-    return FinetuneResult(best_acc, best_epoch, done, epoch, time.perf_counter() - t0, history)
+    if st["best_state"] is not None:
+        (model.module if hasattr(model, "module") else model).load_state_dict(st["best_state"])
+    return FinetuneResult(st["best_acc"], st["best_epoch"], done, epoch, time.perf_counter() - t0, history,
+                          st["images"], st["best_steps"])
 
 
 def adamw_finetune_optimizer(model, lr=3e-4, weight_decay=0.01):
