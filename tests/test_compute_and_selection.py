@@ -297,3 +297,14 @@ def test_report_arms_bad_input_is_one_line(work, tmp_path):
                                     "--arms", f"x={_dense(work)}", "--baseline_arms", "y"], check=False)
     assert proc.returncode == 2 and "not among the --arms" in proc.stderr
 
+
+
+def test_filter_regrowth_refuses_a_weight_selection():
+    import regrowth_structure_oneshot
+    from utils.errors import BridgeError
+    from utils.regrowth_pipeline import validate_search_args
+
+    args = regrowth_structure_oneshot.get_args_parser().parse_args(
+        ["--m_name", "resnet20", "--initial_ckpt", "unused.pth", "--selection", "magnitude"])
+    with pytest.raises(BridgeError, match="--regrowth_score"):
+        validate_search_args(args, structured=True)

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import ROOT, run_script
 
-TINY = {"DATASET": "digits", "SEEDS": "0 1", "EVAL_EVERY": "2", "N_MAX": "4", "CAL_SPARSITY": "0.9",
+TINY = {"DATASET": "digits", "SEEDS": "0 1", "EVAL_EVERY": "2", "N_MAX": "4", "CAL_STEPS": "16", "CAL_SPARSITY": "0.9",
         "CURVE_LEVELS": "0.5 0.9 0.98 0.995", "SSIM_THRESHOLD": "0.6", "SALIENCY_BATCHES": "2", "SSIM_BATCHES": "2",
         "RL_EPISODES": "3", "FAST_EPISODES": "1", "TOLERANCE": "1",
         "EXTRA_ARGS": "--batch_size 64 --train_limit 256",

@@ -173,6 +173,8 @@ def validate_search_args(args, structured=False):
     selection = getattr(args, "selection", "saliency")
     if selection not in SELECTIONS:
         raise UnknownChoiceError("selection", selection, SELECTIONS)
+    if selection != "saliency" and structured:
+        raise BridgeError("--selection is for weight regrowth; filter regrowth ranks channels by --regrowth_score")
     if selection != "saliency" and proxy == "saliency":
         raise BridgeError(f"--reward_proxy saliency scores the saliency an allocation restores, but --selection "
                           f"{selection} does not restore by saliency; use another proxy or --selection saliency")
