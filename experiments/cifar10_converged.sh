@@ -128,7 +128,10 @@ for seed in $SEEDS; do
   regrow "rl_fast_s$seed" "$seed" "$start_ckpt" --allocator rl --fast --num_epochs "$FAST_EPISODES"
   ARM[cf]+="$(final "rl_fast_s$seed"),"
   for sel in saliency magnitude gradient random; do
-    regrow "uniform_${sel}_s$seed" "$seed" "$start_ckpt" --allocator uniform --selection "$sel"
+    # one allocation, nothing to rank: its episode is scored by a 1-step proxy (the published default would
+    # spend a 50-epoch mini-finetune on a score no decision reads)
+    regrow "uniform_${sel}_s$seed" "$seed" "$start_ckpt" --allocator uniform --selection "$sel" \
+      --mini_finetune_steps 1 --reward_val_subset 1000
     ARM[u_$sel]+="$(final "uniform_${sel}_s$seed" _uniform),"
   done
   prune "transplant_rl_s$seed" "$WORK/transplant_rl_s$seed" "$seed" $((2 * N)) --mask_from "$(final "rl_saliency_s$seed")"
