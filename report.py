@@ -21,6 +21,7 @@ import os
 
 from models import canonical_model_name
 from utils import cli
+from utils.compute import flops_total, format_mean_flops
 from utils.errors import BridgeError
 from utils.plots import plot_accuracy_vs_compute, plot_report
 from utils.progress import log
@@ -83,18 +84,6 @@ def load_direct(dirs, m_name):
     return groups
 
 
-def flops_of(record):
-    """The total of a `training_flops` record (a dict in checkpoints and summaries, a number in log rows)."""
-    if isinstance(record, dict):
-        return float(record.get("total", math.nan))
-    return float(record) if record is not None else math.nan
-
-
-def fmt_flops(values):
-    values = [v for v in values if not math.isnan(v)]
-    return f"{sum(values) / len(values):.3g}" if values else "-"
-
-
 # ------------------------------------------------------------------------------------------------
 # arms: named groups of final checkpoints (one per seed), compared with baseline arms
 # ------------------------------------------------------------------------------------------------
@@ -124,7 +113,7 @@ def load_arm(paths):
         metrics, args = ckpt.get("metrics") or {}, ckpt.get("args") or {}
         rows.append({"val_acc": float(metrics.get("val_acc", math.nan)),
                      "test_acc": float(metrics.get("test_acc", math.nan)),
-                     "training_flops": flops_of(ckpt.get("training_flops")), "sparsity": ckpt.get("sparsity"),
+                     "training_flops": flops_total(ckpt.get("training_flops"), math.nan), "sparsity": ckpt.get("sparsity"),
                      "seed": args.get("seed"), "path": path})
     return rows
 
@@ -148,7 +137,7 @@ def arms_section(arms, baselines):
             rec[f"{key}_mean"], rec[f"{key}_std"] = mean_std([r[key] for r in rows])
         cells = [label, str(len(rows)), f"{rec['sparsity']:.4f}" if sp else "-",
                  fmt_mean_std([r["val_acc"] for r in rows]), fmt_mean_std([r["test_acc"] for r in rows]),
-                 fmt_flops([r["training_flops"] for r in rows])]
+                 format_mean_flops([r["training_flops"] for r in rows])]
         for b in baselines:
             for m in metrics:
                 if b == label:
@@ -222,7 +211,7 @@ def load_runs(paths, m_name):
                         "init": args.get("init_strategy", "?"), "finetune_epochs": args.get("finetune_epochs"),
                         "finetune_steps": s.get("final_finetune_steps", args.get("finetune_epochs")),
                         "selection": s.get("selection", args.get("selection", "saliency")),
-                        "training_flops": flops_of(s.get("training_flops")),
+                        "training_flops": flops_total(s.get("training_flops"), math.nan),
                         "seed": s.get("seed", args.get("seed")), "start_ckpt": s.get("start_ckpt"), "path": path})
             rows.append(row)
     return rows
@@ -270,7 +259,7 @@ def main(args):
     for name, rows in curves.items():
         for r in rows:
             lines.append(f"| {name} | {r.get('pruner')} | {r['sparsity']:.4f} | {r['val_acc']:.2f} | {r['test_acc']:.2f} "
-                         f"| {r.get('finetune_steps')} | {fmt_flops([flops_of(r.get('training_flops'))])} |")
+                         f"| {r.get('finetune_steps')} | {format_mean_flops([flops_total(r.get('training_flops'), math.nan)])} |")
     lines += ["", f"## Regrowth runs ({metric.replace('_', ' ')}; mean ± std over seeds where repeated)", "",
               "| type | unit | allocator | init | start | sparsity start → end | start acc | regrown acc | "
               "pruning curve at end sparsity | Δ vs curve | direct pruning, same sparsity and finetune | Δ vs direct "
@@ -305,7 +294,7 @@ def main(args):
         lines.append(f"| {first['type']} | {first['kind']} | {first['allocator']} | {first['init']} | "
                      f"{os.path.basename(first['start_ckpt'] or '?')} | {first['start_sparsity']:.4f} → "
                      f"{first['final_sparsity']:.4f} | {start_acc:.2f} | {fmt_mean_std(accs)} | {ref} | {delta} | "
-                     f"{direct_cell} | {vs_direct} | {fmt_flops([r['training_flops'] for r in g])} | "
+                     f"{direct_cell} | {vs_direct} | {format_mean_flops([r['training_flops'] for r in g])} | "
                      f"{first['finetune_steps']} | {seeds} (n={len(g)}) |")
         vals = [r["val_acc"] for r in g]
         records.append({"type": first["type"], "kind": first["kind"], "allocator": first["allocator"],

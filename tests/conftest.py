@@ -76,3 +76,14 @@ def run_script(script, args, cwd=None, check=True, timeout=600, env=None):
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def run_study(study, tmp_path, env, timeout):
+    """Run `experiments/<study>` through bash with WORK and RESULTS under tmp_path and the budgets in `env`, as a
+    user would; returns its stdout."""
+    full_env = dict(os.environ, PY=sys.executable, PYTHONPATH=ROOT, WORK=str(tmp_path / "work"),
+                    RESULTS=str(tmp_path / "results"), **env)
+    proc = subprocess.run(["bash", os.path.join(ROOT, "experiments", study)], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{study} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout

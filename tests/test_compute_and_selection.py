@@ -16,7 +16,8 @@ import regrowth_oneshot
 from models import model_loader
 from tests.conftest import prepare_work_dir, run_script
 from utils.checkpoints import load_checkpoint, model_from_checkpoint
-from utils.compute import ComputeLedger, MacCounter, images_in_batches, pass_flops
+from utils.compute import (ComputeLedger, MacCounter, flops_total, format_mean_flops, images_in_batches,
+                           pass_flops)
 from utils.masks import add_masks, masked_modules
 from utils.metrics import model_cost
 from utils.records import read_jsonl
@@ -74,6 +75,14 @@ def test_ledger_adds_what_the_start_recorded():
     assert led.record() == {"total": 220.0, "spent": 120.0, "inherited": 100.0, "inherited_from": "start.pth",
                             "stages": {"final_finetune": 120.0}}
     assert ComputeLedger.starting_from({}).total == 0.0  # a dense checkpoint records none
+
+
+def test_flops_totals_read_every_record_form_and_tables_skip_unknowns():
+    assert flops_total({"total": 5.0, "spent": 2.0}) == 5.0  # checkpoint / summary form
+    assert flops_total(7) == 7.0  # log-row form
+    assert flops_total(None) == 0.0 and math.isnan(flops_total(None, math.nan))
+    assert format_mean_flops([1e12, math.nan, 3e12]) == "2e+12"  # the unknown one is left out, not taken as 0
+    assert format_mean_flops([math.nan]) == "-"
 
 
 # ---- --eval_every, --save_at, transplant --------------------------------------------------------------

@@ -3,12 +3,10 @@ start is the level just past the knee, every arm ends at the knee's sparsity wit
 holds the arms table with Welch / bootstrap differences and training FLOPs, and a rerun skips what is done."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import ROOT, run_script
+from tests.conftest import run_script, run_study
 
 TINY = {"DATASET": "digits", "SEEDS": "0 1", "EVAL_EVERY": "2", "N_MAX": "4", "CAL_STEPS": "16", "CAL_SPARSITY": "0.9",
         "CURVE_LEVELS": "0.5 0.9 0.98 0.995", "SSIM_THRESHOLD": "0.6", "SALIENCY_BATCHES": "2", "SSIM_BATCHES": "2",
@@ -18,12 +16,7 @@ TINY = {"DATASET": "digits", "SEEDS": "0 1", "EVAL_EVERY": "2", "N_MAX": "4", "C
 
 
 def _run(tmp_path, dense):
-    env = dict(os.environ, PY=sys.executable, PYTHONPATH=ROOT, WORK=str(tmp_path / "work"),
-               RESULTS=str(tmp_path / "results"), DENSE=dense, **TINY)
-    proc = subprocess.run(["bash", os.path.join(ROOT, "experiments", "cifar10_converged.sh")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=1500)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
-    return proc.stdout
+    return run_study("cifar10_converged.sh", tmp_path, dict(TINY, DENSE=dense), timeout=1500)
 
 
 @pytest.mark.slow

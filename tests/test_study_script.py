@@ -4,12 +4,11 @@ figures and the budgets, and a second invocation skips what is done."""
 import csv
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_study
 
 TINY = {"DATASET": "digits", "SEEDS": "0 1", "PRETRAIN_EPOCHS": "2", "TRAIN_LIMIT": "256", "PRUNE_EPOCHS": "1",
         "ONESHOT_LEVELS": "0.5 0.8 0.9 0.95", "ITER_LEVELS": "2", "ITER_EPOCHS": "1", "FINAL_EPOCHS": "1",
@@ -18,12 +17,7 @@ TINY = {"DATASET": "digits", "SEEDS": "0 1", "PRETRAIN_EPOCHS": "2", "TRAIN_LIMI
 
 
 def _run(tmp_path):
-    env = dict(os.environ, PY=sys.executable, PYTHONPATH=ROOT, WORK=str(tmp_path / "work"),
-               RESULTS=str(tmp_path / "results"), **TINY)
-    proc = subprocess.run(["bash", os.path.join(ROOT, "experiments", "cifar10_cpu.sh")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
+    return run_study("cifar10_cpu.sh", tmp_path, TINY, timeout=900)
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ only), and the validation passes that score a search's episodes. Evaluations tha
 a model are not counted (every arm makes the same ones), nor is the sorting that pruning does.
 Pretraining's own compute is recorded apart (`pretrain_flops` in the dense checkpoint).
 """
+import math
 from dataclasses import dataclass, field
 
 from utils.masks import has_mask, prunable_modules
@@ -96,12 +97,20 @@ class ComputeLedger:
         return cls(recorded_flops(ckpt), path)
 
 
+def flops_total(record, missing=0.0):
+    """The total of a `training_flops` record: a dict in checkpoints and summaries, a number in log rows;
+    `missing` when there is none (0 to inherit from a dense or older checkpoint, nan to show '-' in a table)."""
+    if isinstance(record, dict):
+        return float(record.get("total", missing))
+    return float(record) if record is not None else float(missing)
+
+
 def recorded_flops(ckpt):
     """The training FLOPs total a checkpoint dict records (0 when it records none: dense or older files)."""
-    rec = (ckpt or {}).get("training_flops") or {}
-    return float(rec.get("total", 0.0))
+    return flops_total((ckpt or {}).get("training_flops"))
 
 
-def format_flops(flops):
-    """'3.21e15' style, short enough for a table cell."""
-    return f"{flops:.3g}" if flops else "0"
+def format_mean_flops(values):
+    """The mean of the known FLOPs totals in `values` (nan = unknown), '3.21e+15' style; '-' when none is known."""
+    known = [v for v in values if not math.isnan(v)]
+    return f"{sum(known) / len(known):.3g}" if known else "-"
