@@ -9,7 +9,6 @@ computes; `check_equivalence` measures the difference.
 import time
 
 import torch
-import torch.nn as nn
 
 from utils.masks import unmasked_state_dict
 from utils.structured import alive_channels, channel_groups
@@ -77,15 +76,6 @@ def check_equivalence(masked_model, compact_model, input_size, batch=8, seed=0):
     a = masked_model(x.to(dev)).float().cpu()
     b = compact_model(x).float()
     return float((a - b).abs().max())
-
-
-def parameter_count(model):
-    """Parameters of every Conv2d / Linear weight (bias and BatchNorm excluded), counting only the stored tensor."""
-    total = 0
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            total += (m.weight_orig if hasattr(m, "weight_orig") else m.weight).numel()
-    return total
 
 
 @torch.no_grad()

@@ -68,12 +68,6 @@ def broadcast_object(obj, src=0):
     return box[0]
 
 
-def all_reduce_sum(tensor):
-    if is_distributed():
-        dist.all_reduce(tensor)
-    return tensor
-
-
 def barrier():
     if is_distributed():
         dist.barrier()
@@ -124,7 +118,3 @@ def wrap_ddp(model):
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, masks)
     dev = next(model.parameters()).device
     return DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-
-
-def unwrap(model):
-    return model.module if hasattr(model, "module") else model

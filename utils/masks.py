@@ -40,18 +40,9 @@ def add_masks(model):
     return model
 
 
-def is_masked_model(model):
-    mods = prunable_modules(model)
-    return bool(mods) and all(has_mask(m) for _, m in mods)
-
-
 def masked_modules(model):
     """[(name, module)] of the prunable modules that carry a mask."""
     return [(n, m) for n, m in prunable_modules(model) if has_mask(m)]
-
-
-def get_mask(module):
-    return module.weight_mask
 
 
 def effective_weight(module):
@@ -144,15 +135,6 @@ def format_layer_table(rows):
     lines.append(f"{'TOTAL':<{width}}  {'':<6} {'':<18} {total:>10,} {alive:>10,} {total - alive:>10,} "
                  f"{(total - alive) / max(total, 1):>8.4f}")
     return "\n".join(lines)
-
-
-def masks_state(model):
-    """{layer name: mask tensor (a CPU copy)} of every masked module."""
-    return {n: m.weight_mask.detach().cpu().clone() for n, m in masked_modules(model)}
-
-
-def state_dict_is_masked(state_dict):
-    return any(k.endswith("weight_mask") for k in state_dict)
 
 
 def masked_layer_names(state_dict):

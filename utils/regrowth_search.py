@@ -318,10 +318,6 @@ def ensure_best_states(env, outcome, budget=None):
     return best
 
 
-def search_seconds_per_episode(rows):
-    return sum(r["episode_s"] for r in rows) / len(rows) if rows else math.nan
-
-
 def search_flops(rows):
     """Training FLOPs a search's episodes spent (their log rows; resumed episodes included)."""
     return float(sum(r.get("flops", 0.0) for r in rows))

@@ -156,13 +156,3 @@ def filter_counts(model):
 def channel_sparsity(model):
     pruned, total = filter_counts(model)
     return pruned / total if total else 0.0
-
-
-def group_table(model, groups):
-    """Per group: root, members, alive channels / size, cost."""
-    rows = []
-    for g in groups:
-        alive = int(alive_channels(model, g).sum())
-        rows.append({"root": g.root, "convs": len(g.convs), "channels": g.size, "alive": alive,
-                     "pruned": g.size - alive, "cost": g.cost})
-    return rows
