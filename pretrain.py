@@ -18,7 +18,8 @@ import torch
 from models import MODEL_NAMES, canonical_model_name, model_loader
 from utils import cli
 from utils import distributed as dist
-from utils.checkpoints import atomic_torch_save, load_checkpoint, load_state_file, load_state_into, save_checkpoint
+from utils.checkpoints import (FORMAT, atomic_torch_save, load_checkpoint, load_state_file, load_state_into,
+                               save_checkpoint)
 from utils.compute import MacCounter, pass_flops
 from utils.errors import BridgeError, CheckpointError
 from utils.plots import plot_training_curves
@@ -109,7 +110,7 @@ def main(args):
             f"val loss {val_loss:.4f} acc {val_acc:.2f}{' *' if improved else ''} | best {best_acc:.2f} "
             f"| {stats.images_per_s:.0f} img/s")
         finished = stale >= args.patience or epoch + 1 >= args.epochs
-        atomic_torch_save({"format": "bridge-v1", "model": args.m_name, "stage": "pretrain_state",
+        atomic_torch_save({"format": FORMAT, "model": args.m_name, "stage": "pretrain_state",
                            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                            "epoch": epoch + 1, "best_val_acc": best_acc, "best_epoch": best_epoch, "stale": stale,

@@ -29,7 +29,7 @@ import torch
 
 from utils import distributed as dist
 from utils.allocators import allocate
-from utils.checkpoints import atomic_torch_save, load_state_file
+from utils.checkpoints import FORMAT, atomic_torch_save, load_state_file
 from utils.compute import pass_flops
 from utils.controller import sample_allocation
 from utils.errors import BridgeError
@@ -291,7 +291,7 @@ def run_search(env, names, ssim, capacities, cfg, reinforce=None, out_dir=None, 
         progress.update(len(batch))
         if main and state_path:
             best_dict = {k: getattr(best, k) for k in best.__dataclass_fields__ if not k.endswith("_state")}
-            atomic_torch_save({"format": "bridge-v1", "stage": "search_state", "allocator": cfg.allocator,
+            atomic_torch_save({"format": FORMAT, "stage": "search_state", "allocator": cfg.allocator,
                                "names": list(names), "next_episode": e, "best_episode": best_ep,
                                "best": best_dict, "policy_generator": policy_gen.get_state(),
                                "reinforce": reinforce.state_dict() if reinforce else None, "rng": rng_state(),
