@@ -68,13 +68,22 @@ def test_fill_budget_top_up_regrows_exactly_the_budget():
 def test_same_seed_same_allocations():
     names, caps = ["a", "b", "c"], {"a": 500, "b": 800, "c": 90}
 
-    def run():
+    def run(sample_seed=7, rewarded=None):
         torch.manual_seed(3)
         agent = RegrowthAgent(11, 16)
-        gen = torch.Generator().manual_seed(7)
+        if rewarded is not None:  # a few REINFORCE updates that reward one first-layer action
+            rl = Reinforce(agent, ReinforceConfig(learning_rate=5e-2, num_episodes=20, start_beta=0.0, end_beta=0.0))
+            train_gen = torch.Generator().manual_seed(0)
+            for e in range(20):
+                s = sample_allocation(agent, names, caps, budget=700, generator=train_gen)
+                rl.update([s], [1.0 if s.actions[0] == rewarded else 0.0], e)
+        gen = torch.Generator().manual_seed(sample_seed)
         return [sample_allocation(agent, names, caps, budget=700, generator=gen).allocation for _ in range(5)]
 
     assert run() == run()
+    assert run(sample_seed=8) != run()  # the seed is what draws the allocations
+    assert run(rewarded=2) == run(rewarded=2)
+    assert run(rewarded=2) != run(rewarded=9)  # another reward, another policy, other allocations
 
 
 def test_reinforce_raises_probability_of_rewarded_action():

@@ -74,6 +74,18 @@ def test_val_and_test_use_test_transforms(cifar_folder):
     first = torch.cat([x for x, _ in data.val])
     second = torch.cat([x for x, _ in data.val])
     assert torch.equal(first, second)  # no augmentation on val
+    # the test split is the decoded images, only normalised (no crop, no flip), in folder order
+    spec = SPECS["CIFAR10"]
+    mean, std = torch.tensor(spec.mean).view(3, 1, 1), torch.tensor(spec.std).view(3, 1, 1)
+    expected = torch.stack([
+        (torch.from_numpy(np.array(Image.open(cifar_folder / "cifar10" / "test" / cls / f"{i:04d}.jpg")
+                                     .convert("RGB"))).permute(2, 0, 1).float() / 255 - mean) / std
+        for cls in CIFAR10_CLASSES for i in range(2)])
+    got = torch.cat([x for x, _ in data.test])
+    assert torch.allclose(got, expected, atol=1e-5), float((got - expected).abs().max())
+    # while the training split is augmented: per-image sums (blind to the shuffle order) differ between passes
+    a, b = (torch.cat([x for x, _ in data.train]).sum((1, 2, 3)).sort().values for _ in range(2))
+    assert not torch.allclose(a, b)
 
 
 def test_tensor_and_loader_backends_agree_on_eval_data(cifar_folder):
