@@ -19,6 +19,8 @@ import json
 import math
 import os
 
+import torch
+
 from models import canonical_model_name
 from utils import cli
 from utils.compute import flops_total, format_mean_flops
@@ -212,17 +214,53 @@ def load_runs(paths, m_name):
                         "finetune_steps": s.get("final_finetune_steps", args.get("finetune_epochs")),
                         "selection": s.get("selection", args.get("selection", "saliency")),
                         "training_flops": flops_total(s.get("training_flops"), math.nan),
-                        "seed": s.get("seed", args.get("seed")), "start_ckpt": s.get("start_ckpt"), "path": path})
+                        "seed": s.get("seed", args.get("seed")), "start_ckpt": s.get("start_ckpt"), "path": path,
+                        "search": search_label(s, args), "method_args": args})
             rows.append(row)
     return rows
 
 
+# recorded arguments that may differ between the seeds of one method: the seed itself, names, paths, and how the
+# run was executed (device, precision, loader), none of which defines the method
+NOT_METHOD = {"seed", "tag", "initial_ckpt", "save_dir", "work_dir", "data_dir", "dense_ckpt", "cache_dir", "resume",
+              "device", "precision", "compile", "num_workers", "data_backend", "eval_batch_size", "deterministic",
+              "trust_pickle", "no_download", "wandb", "no_wandb", "baseline_dir"}
+
+
+def start_identity(path):
+    """How a start checkpoint was made (stage, pruner, finetune steps, sparsity): the seeds of one method start
+    from checkpoints made alike, each with its own seed; the path when the file cannot be read."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return (ck.get("stage"), ck.get("pruner"), ck.get("finetune_steps"), round(float(ck["sparsity"]), 4))
+    except Exception:
+        return path
+
+
+def search_label(summary, args):
+    """(what scored the search's episodes, how many episodes it ran)."""
+    proxy = summary.get("reward_proxy") or args.get("reward_proxy") or "steps"
+    if proxy == "steps":
+        steps = summary.get("mini_finetune_steps") or args.get("mini_finetune_steps")
+        length = f"{steps}" if steps is not None else f"{args.get('mini_finetune_epochs', '?')} epochs"
+        proxy = f"steps {length}" + (" (--fast)" if args.get("fast") else "")
+    return proxy, summary.get("episodes")
+
+
+def search_cell(group):
+    """One group's search: the proxy and the episodes each seed ran ('..., 61 / 70 ep.'; early stops differ)."""
+    proxies = sorted({r["search"][0] for r in group})
+    episodes = sorted({r["search"][1] for r in group if r["search"][1] is not None})
+    return " / ".join(proxies) + (f", {' / '.join(map(str, episodes))} ep." if episodes else "")
+
+
 def group_runs(rows):
-    """Runs differing only by seed/tag -> one group (key: type, kind, allocator, init, start, finetune)."""
+    """Runs differing only by seed, tag, paths and execution settings -> one group: same type, kind, start
+    (how it was made), target and recorded method arguments."""
     groups = {}
     for r in rows:
-        key = (r["type"], r["kind"], r["allocator"], r["init"], r["selection"], r["start_ckpt"], r["finetune_steps"],
-               round(r["final_sparsity"], 3))
+        key = (r["type"], r["kind"], round(r["final_sparsity"], 3), start_identity(r["start_ckpt"]),
+               tuple(sorted((k, repr(v)) for k, v in r["method_args"].items() if k not in NOT_METHOD)))
         groups.setdefault(key, []).append(r)
     return list(groups.values())
 
@@ -261,10 +299,11 @@ def main(args):
             lines.append(f"| {name} | {r.get('pruner')} | {r['sparsity']:.4f} | {r['val_acc']:.2f} | {r['test_acc']:.2f} "
                          f"| {r.get('finetune_steps')} | {format_mean_flops([flops_total(r.get('training_flops'), math.nan)])} |")
     lines += ["", f"## Regrowth runs ({metric.replace('_', ' ')}; mean ± std over seeds where repeated)", "",
-              "| type | unit | allocator | init | start | sparsity start → end | start acc | regrown acc | "
+              "| type | unit | allocator | search | selection | init | start | sparsity start → end | start acc | "
+              "regrown acc | "
               "pruning curve at end sparsity | Δ vs curve | direct pruning, same sparsity and finetune | Δ vs direct "
               "(Welch p, bootstrap 95% CI) | training FLOPs | final finetune (steps) | seeds |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     points, arrows, records = {}, [], []
     groups.sort(key=lambda g: (g[0]["type"], g[0]["kind"], -g[0]["start_sparsity"], g[0]["allocator"], g[0]["init"]))
     for g in groups:
@@ -278,7 +317,7 @@ def main(args):
             at = PruningCurve(pts, metric, [])(first["final_sparsity"])
             ref = f"{at:.2f} ({curve_name})"
             delta = f"{mean_std(accs)[0] - at:+.2f}"
-        start_acc = first["start_test_acc"] if metric == "test_acc" else first["start_val_acc"]
+        start_acc = mean_std([r["start_test_acc"] if metric == "test_acc" else r["start_val_acc"] for r in g])[0]
         seeds = ", ".join(str(r["seed"]) for r in g)
         direct_rows = next((rows for (_, sp), rows in direct_sorted if abs(sp - first["final_sparsity"]) < 5e-4), None)
         direct_cell, vs_direct, record = "", "", {}
@@ -291,13 +330,16 @@ def main(args):
             record = {"direct_mean": direct_mean, "direct_std": direct_std, "direct_n": len(other),
                       "diff_vs_direct": cmp["diff"], "welch_p": cmp["welch_p"], "ci_low": cmp["ci_low"],
                       "ci_high": cmp["ci_high"]}
-        lines.append(f"| {first['type']} | {first['kind']} | {first['allocator']} | {first['init']} | "
+        searches = search_cell(g)
+        lines.append(f"| {first['type']} | {first['kind']} | {first['allocator']} | {searches} | "
+                     f"{first['selection']} | {first['init']} | "
                      f"{os.path.basename(first['start_ckpt'] or '?')} | {first['start_sparsity']:.4f} → "
                      f"{first['final_sparsity']:.4f} | {start_acc:.2f} | {fmt_mean_std(accs)} | {ref} | {delta} | "
                      f"{direct_cell} | {vs_direct} | {format_mean_flops([r['training_flops'] for r in g])} | "
                      f"{first['finetune_steps']} | {seeds} (n={len(g)}) |")
         vals = [r["val_acc"] for r in g]
-        records.append({"type": first["type"], "kind": first["kind"], "allocator": first["allocator"],
+        records.append({"type": first["type"], "kind": first["kind"], "allocator": first["allocator"], "search": searches,
+                        "selection": first["selection"],
                         "init": first["init"], "start_ckpt": first["start_ckpt"],
                         "start_sparsity": first["start_sparsity"], "final_sparsity": first["final_sparsity"],
                         "n": len(g), "seeds": [r["seed"] for r in g], f"{metric}_mean": mean_std(accs)[0],
@@ -306,7 +348,7 @@ def main(args):
         points.setdefault(label, []).append((first["final_sparsity"], mean_std(accs)[0]))
         arrows.append(((first["start_sparsity"], start_acc), (first["final_sparsity"], mean_std(accs)[0])))
     if not groups:
-        lines.append("| (no regrowth run found) ||||||||||||||| ")
+        lines.append("| (no regrowth run found) ||||||||||||||||| ")
     out = args.out or os.path.join(m_dir, "report.md")
     arm_records, compute_png = [], None
     if args.arms:

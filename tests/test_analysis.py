@@ -166,6 +166,34 @@ def test_report_groups_seeds(sparse_digits, tmp_path):
     assert summary["best_allocator"] == {group["start_ckpt"]: "greedy"}
 
 
+def test_report_groups_the_seeds_of_one_method_and_nothing_else(tmp_path):
+    """Seeds with their own start checkpoints (made alike) form one group; another reward proxy, selection or
+    start recipe is another method even under the same allocator."""
+    import report
+
+    def start(name, steps, seed):
+        path = str(tmp_path / name)
+        torch.save({"stage": "prune_oneshot", "pruner": "lamp", "finetune_steps": steps, "sparsity": 0.95000001,
+                    "args": {"seed": seed}}, path)
+        return path
+
+    def run(seed, start_path, **method):
+        args = {"allocator": "rl", "reward_proxy": "saliency", "selection": "saliency", "num_epochs": 400,
+                "seed": seed, "tag": f"x_s{seed}", "initial_ckpt": start_path, "save_dir": f"d{seed}", **method}
+        return {"type": "oneshot", "kind": "weights", "final_sparsity": 0.93, "start_ckpt": start_path,
+                "method_args": args, "seed": seed}
+
+    s0, s1, s2 = start("s0.pth", 250, 0), start("s1.pth", 250, 1), start("other.pth", 500, 0)
+    rows = [run(0, s0), run(1, s1, device="cpu"),  # one method: seed, paths, execution settings differ
+            run(0, s0, reward_proxy="steps"), run(0, s0, selection="magnitude"),  # two other methods
+            run(0, s2)]  # a start made with another recipe
+    groups = report.group_runs(rows)
+    assert sorted(len(g) for g in groups) == [1, 1, 1, 2]
+    (pair,) = [g for g in groups if len(g) == 2]
+    assert [r["seed"] for r in pair] == [0, 1]
+    assert report.start_identity(str(tmp_path / "missing.pth")) == str(tmp_path / "missing.pth")
+
+
 def test_report_matches_a_run_to_the_curve_folder_of_its_start(tmp_path, monkeypatch):
     """By resolved folder: a start from another work dir's `oneshot` curve is not this work dir's `oneshot`."""
     import report
