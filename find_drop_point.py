@@ -25,14 +25,13 @@ import numpy as np
 from models import model_spec
 from utils import cli
 from utils.boundary import STORAGE, bytes_per_weight, find_knees, storage_bytes
-from utils.checkpoints import load_checkpoint, model_from_checkpoint
+from utils.checkpoints import checkpoint_metrics, load_checkpoint, model_from_checkpoint
 from utils.compact import export_compact, latency_ms
 from utils.errors import BridgeError
 from utils.masks import count_pruned_params
 from utils.metrics import layer_costs, model_cost
 from utils.plots import plot_knees
 from utils.progress import log
-from utils.pruning_curve import read_recorded
 from utils.records import write_csv, write_json
 from utils.structured import filter_counts, is_structured_model
 
@@ -70,7 +69,7 @@ def _levels(args):
             if (os.path.basename(path).startswith((".tmp", "search_")) or path.endswith("_compact.pth")
                     or re.search(r"_steps\d+\.pth$", path)):  # --save_at snapshots are not levels of the curve
                 continue
-            sp, metrics = read_recorded(path)
+            sp, metrics = checkpoint_metrics(path)
             if sp > 0:
                 rows.append((path, sp, metrics, folder))
     if not rows:
@@ -109,7 +108,7 @@ def main(args):
                       os.path.join(os.path.dirname(os.path.abspath(args.model_path[0])), "checkpoint", "ckpt.pth")]
         found = next((c for c in candidates if c and os.path.isfile(c)), None)
         if found:
-            dense_acc = read_recorded(found)[1].get(args.metric)
+            dense_acc = checkpoint_metrics(found)[1].get(args.metric)
     # one curve: mean over seeds at each (rounded) sparsity
     by_level = {}
     for path, sp, metrics, _ in levels:

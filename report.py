@@ -19,15 +19,14 @@ import json
 import math
 import os
 
-import torch
-
 from models import canonical_model_name
 from utils import cli
+from utils.checkpoints import checkpoint_metrics, peek_checkpoint
 from utils.compute import flops_total, format_mean_flops
 from utils.errors import BridgeError
 from utils.plots import plot_accuracy_vs_compute, plot_report
 from utils.progress import log
-from utils.pruning_curve import PruningCurve, read_recorded
+from utils.pruning_curve import PruningCurve
 from utils.records import read_jsonl, write_json
 from utils.stats import compare_groups, fmt_difference, fmt_mean_std, mean_std
 
@@ -175,13 +174,11 @@ def _curve_for(start_ckpt, folders):
 
 def _args_from_checkpoint(folder):
     """The run's arguments from its final checkpoint (for summaries written before they recorded them)."""
-    import torch
-
     for name in ("final_finetuned.pth", os.path.join("iter_0", "best_grown_model.pth")):
         path = os.path.join(folder, name)
         if os.path.isfile(path):
             try:
-                return dict(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("args") or {})
+                return dict(peek_checkpoint(path).get("args") or {})
             except Exception:
                 return {}
     return {}
@@ -231,7 +228,7 @@ def start_identity(path):
     """How a start checkpoint was made (stage, pruner, finetune steps, sparsity): the seeds of one method start
     from checkpoints made alike, each with its own seed; the path when the file cannot be read."""
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        ck = peek_checkpoint(path)
         return (ck.get("stage"), ck.get("pruner"), ck.get("finetune_steps"), round(float(ck["sparsity"]), 4))
     except Exception:
         return path
@@ -273,7 +270,7 @@ def main(args):
         raise BridgeError(f"no runs for {args.m_name}: {m_dir} does not exist")
     metric = args.metric
     dense_path = args.dense_ckpt or os.path.join(m_dir, "checkpoint", "ckpt.pth")
-    dense = read_recorded(dense_path)[1] if os.path.isfile(dense_path) else {}
+    dense = checkpoint_metrics(dense_path)[1] if os.path.isfile(dense_path) else {}
     curves = load_curves(args.work_dir, args.m_name)
     folders = curve_folders(args.work_dir, args.m_name, curves)
     for extra in args.curve_dirs:

@@ -253,9 +253,20 @@ def model_sparsity_of_state(state_dict):
     return float(sum((m == 0).sum().item() for m in masks)) / total if total else 0.0
 
 
+def peek_checkpoint(path, trust_pickle=False):
+    """Our dict form of a checkpoint with its tensors memory-mapped, not read: for its metadata (stage, sparsity,
+    metrics, args) when a folder of checkpoints is scanned. Unreadable files raise load_checkpoint's clear error."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return load_checkpoint(path, trust_pickle=trust_pickle)
+    return normalise_checkpoint(obj, path)
+
+
 def checkpoint_metrics(path):
-    """(sparsity, metrics dict) recorded in a checkpoint, without building a model."""
-    ckpt = load_checkpoint(path)
+    """(sparsity, metrics dict) recorded in a checkpoint, without reading its tensors (the mask sparsity is
+    computed only for files that do not record it)."""
+    ckpt = peek_checkpoint(path)
     sp = ckpt.get("sparsity")
     if sp is None:
         sp = model_sparsity_of_state(ckpt["state_dict"])
@@ -263,5 +274,5 @@ def checkpoint_metrics(path):
 
 
 __all__ = ["FORMAT", "atomic_torch_save", "make_checkpoint", "save_checkpoint", "load_checkpoint",
-           "normalise_checkpoint", "load_state_file", "load_state_into", "check_model_name", "model_from_checkpoint",
+           "normalise_checkpoint", "peek_checkpoint", "load_state_file", "load_state_into", "check_model_name", "model_from_checkpoint",
            "model_sparsity_of_state", "checkpoint_metrics", "jsonable", "cpu_state_dict"]

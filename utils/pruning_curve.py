@@ -10,24 +10,9 @@ import glob
 import os
 from dataclasses import dataclass
 
-import torch
-
-from utils.checkpoints import load_checkpoint, model_sparsity_of_state, normalise_checkpoint
+from utils.checkpoints import checkpoint_metrics
 from utils.errors import BridgeError, CheckpointError
 from utils.progress import log
-
-
-def read_recorded(path):
-    """(sparsity, metrics) recorded in a checkpoint, memory-mapping it so no tensor data is read."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        obj = load_checkpoint(path)  # raises a clear CheckpointError
-    ckpt = normalise_checkpoint(obj, path)
-    sp = ckpt.get("sparsity")
-    if sp is None:
-        sp = model_sparsity_of_state(ckpt["state_dict"])
-    return float(sp), dict(ckpt.get("metrics") or {})
 
 
 @dataclass
@@ -62,7 +47,7 @@ def load_pruning_curve(folder, metric="val_acc", evaluate_fn=None):
         if os.path.basename(path).startswith((".tmp", "search_")):
             continue
         try:
-            sp, metrics = read_recorded(path)
+            sp, metrics = checkpoint_metrics(path)
         except CheckpointError as exc:
             log(f"  skipped {path}: {exc}")
             continue
