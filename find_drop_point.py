@@ -16,15 +16,14 @@ regrowth_oneshot.py / regrowth_structure_oneshot.py command to run.
 """
 import argparse
 import glob
-import math
 import os
 import re
 
 import numpy as np
 
 from models import model_spec
-from utils import cli
-from utils.boundary import STORAGE, bytes_per_weight, find_knees, storage_bytes
+from utils import cli, paths
+from utils.boundary import STORAGE, DeviceLimits, find_knees, regrowth_room, storage_bytes
 from utils.checkpoints import checkpoint_metrics, load_checkpoint, model_from_checkpoint
 from utils.compact import export_compact, latency_ms
 from utils.errors import BridgeError
@@ -105,7 +104,7 @@ def main(args):
     dense_acc = args.dense_acc
     if dense_acc is None:  # the dense model the levels were pruned from (recorded path, or {m}/checkpoint/ckpt.pth)
         candidates = [first.get("dense_ckpt") or "",
-                      os.path.join(os.path.dirname(os.path.abspath(args.model_path[0])), "checkpoint", "ckpt.pth")]
+                      paths.dense_checkpoint(os.path.dirname(os.path.dirname(os.path.abspath(args.model_path[0]))), m_name)]
         found = next((c for c in candidates if c and os.path.isfile(c)), None)
         if found:
             dense_acc = checkpoint_metrics(found)[1].get(args.metric)
@@ -145,9 +144,10 @@ def main(args):
     knee_idx = preferred_knee(knees)
     past = [r for r in table if knee_idx is not None and r["sparsity"] > xs[knee_idx]]
     budget_report = None
-    if any(v is not None for v in (args.max_nonzero_params, args.max_bytes, args.max_flops, args.max_latency_ms)):
-        budget_report = device_budget(args, m_name, table, xs[knee_idx] if knee_idx is not None else None, past,
-                                      structured)
+    limits = device_limits(args)
+    if limits.any():
+        budget_report = device_budget(limits, m_name, table, xs[knee_idx] if knee_idx is not None else None, past,
+                                      structured, args.trust_pickle)
     out_dir = args.model_path[0]
     csv_path = write_csv(os.path.join(out_dir, "boundary.csv"), table)
     summary = {"metric": args.metric, "dense_acc": dense_acc, "tolerance": args.tolerance,
@@ -166,41 +166,49 @@ def main(args):
     return {"knees": knees, "table": table, "budget": budget_report}
 
 
-def device_budget(args, m_name, table, knee_sparsity, past, structured):
+def device_limits(args):
+    return DeviceLimits(args.max_nonzero_params, args.max_bytes, args.max_flops, args.max_latency_ms, args.storage,
+                        args.value_bytes, args.latency_batch)
+
+
+def measure_level(r, m_name, limits, structured, trust_pickle=False):
+    """Fill a level's row with what the device limits count: non-zero weights, bytes, MACs, latency."""
+    size = model_spec(m_name).input_size
+    model, _ = model_from_checkpoint(r["path"], m_name, trust_pickle=trust_pickle)
+    total, nnz, _ = count_pruned_params(model)
+    r["nonzero_params"], r["prunable_params"] = nnz, total
+    r["bytes"] = storage_bytes(model, limits.storage, limits.value_bytes)
+    dense_filters = None
+    if structured or is_structured_model(model):
+        compact = export_compact(model, m_name)
+        r["macs"] = model_cost(compact, size)["macs"]
+        pruned_filters, dense_filters = filter_counts(model)
+        r["alive_filters"] = dense_filters - pruned_filters
+        if limits.max_latency_ms is not None:
+            r["latency_ms"] = latency_ms(compact, size, limits.latency_batch)
+    else:
+        costs = layer_costs(model, size)
+        r["macs"] = sum(c.nonzero_macs for c in costs)
+        r["max_macs_per_weight"] = max(c.macs // max(c.params, 1) for c in costs)
+    r["fits"] = limits.fits(r)
+    return dense_filters
+
+
+def device_budget(limits, m_name, table, knee_sparsity, past, structured, trust_pickle=False):
     """Which checkpoints fit the device, where regrowth starts, and how much it may regrow.
 
     past: the table's levels sparser than the knee (at knee_sparsity), least sparse first."""
-    if args.max_latency_ms is not None and not structured:
+    if limits.max_latency_ms is not None and not structured:
         raise BridgeError("--max_latency_ms applies to filter-pruned (compact) models; "
                           "a weight-sparse model runs dense kernels on this machine")
-    size = model_spec(m_name).input_size
     dense_filters = None
     for r in table:
-        model, _ = model_from_checkpoint(r["path"], m_name, trust_pickle=args.trust_pickle)
-        total, nnz, _ = count_pruned_params(model)
-        r["nonzero_params"], r["prunable_params"] = nnz, total
-        r["bytes"] = storage_bytes(model, args.storage, args.value_bytes)
-        if structured or is_structured_model(model):
-            compact = export_compact(model, m_name)
-            r["macs"] = model_cost(compact, size)["macs"]
-            pruned_filters, dense_filters = filter_counts(model)
-            r["alive_filters"] = dense_filters - pruned_filters
-            if args.max_latency_ms is not None:
-                r["latency_ms"] = latency_ms(compact, size, args.latency_batch)
-        else:
-            costs = layer_costs(model, size)
-            r["macs"] = sum(c.nonzero_macs for c in costs)
-            r["max_macs_per_weight"] = max(c.macs // max(c.params, 1) for c in costs)
-        limits = {"nonzero_params": args.max_nonzero_params, "bytes": args.max_bytes, "macs": args.max_flops,
-                  "latency_ms": args.max_latency_ms}
-        r["fits"] = all(v is None or r[k] <= v for k, v in limits.items())
+        dense_filters = measure_level(r, m_name, limits, structured, trust_pickle) or dense_filters
     fitting = [r for r in table if r["fits"]]
     least_sparse = min(fitting, key=lambda r: r["sparsity"]) if fitting else None
     just_past = past[0] if past else None
     start = next((r for r in past if r["fits"]), None)
-    log("\ndevice budget: " + ", ".join(f"{k} <= {v:g}" for k, v in (
-        ("non-zero weights", args.max_nonzero_params), (f"bytes ({args.storage})", args.max_bytes),
-        ("MACs", args.max_flops), (f"latency ms (batch {args.latency_batch})", args.max_latency_ms)) if v is not None))
+    log("\ndevice budget: " + limits.describe())
     for r in table:
         log(f"  sparsity {r['sparsity']:.4f}: {r['nonzero_params']:>10,} non-zero, {r['bytes']:>10,} bytes, "
             f"{r['macs'] / 1e6:>8.2f} M MACs" + (f", {r['latency_ms']:.2f} ms" if "latency_ms" in r else "")
@@ -210,40 +218,12 @@ def device_budget(args, m_name, table, knee_sparsity, past, structured):
     if start is None:
         log("no checkpoint past the knee fits the device; prune further first")
         return {"least_sparse_fit": least_sparse, "just_past_knee": just_past, "start": None}
-    # how much can come back before the device limit (and not beyond the knee)
-    room = []
+    budget, frac = regrowth_room(start, table, knee_sparsity, limits, dense_filters if structured else None)
     if structured:
-        per_filter_params = start["prunable_params"] / dense_filters
-        per_filter_macs = max(table, key=lambda r: r["macs"])["macs"] / dense_filters
-        if args.max_nonzero_params is not None:
-            room.append(math.floor((args.max_nonzero_params - start["nonzero_params"]) / per_filter_params))
-        if args.max_bytes is not None:
-            room.append(math.floor((args.max_bytes - start["bytes"]) / (per_filter_params * args.value_bytes)))
-        if args.max_flops is not None:
-            room.append(math.floor((args.max_flops - start["macs"]) / per_filter_macs))
-        if args.max_latency_ms is not None:
-            nxt = [r for r in table if r["sparsity"] < start["sparsity"]]
-            if nxt:
-                prev = max(nxt, key=lambda r: r["sparsity"])
-                slope = (prev["latency_ms"] - start["latency_ms"]) / max(prev["alive_filters"] - start["alive_filters"], 1)
-                room.append(math.floor((args.max_latency_ms - start["latency_ms"]) / max(slope, 1e-9)))
-        to_knee = math.floor((start["sparsity"] - knee_sparsity) * dense_filters)
-        budget = max(0, min(room + [to_knee]))
-        frac = budget / dense_filters
         command = (f"python regrowth_structure_oneshot.py --m_name {m_name} --initial_ckpt {start['path']} "
                    f"--sparsity_delta {frac:.4f}")
         unit = "filters"
     else:
-        total = start["prunable_params"]
-        if args.max_nonzero_params is not None:
-            room.append(args.max_nonzero_params - start["nonzero_params"])
-        if args.max_bytes is not None:
-            room.append(math.floor((args.max_bytes - start["bytes"]) / bytes_per_weight(args.storage, args.value_bytes)))
-        if args.max_flops is not None:  # a regrown weight costs at most its layer's MACs per weight
-            room.append(math.floor((args.max_flops - start["macs"]) / start["max_macs_per_weight"]))
-        to_knee = math.floor((start["sparsity"] - knee_sparsity) * total)
-        budget = max(0, min(room + [to_knee]))
-        frac = budget / total
         command = (f"python regrowth_oneshot.py --m_name {m_name} --initial_ckpt {start['path']} "
                    f"--model_sparsity {round(start['sparsity'], 4)} --regrow_step {frac:.5f}")
         unit = "weights"

@@ -18,6 +18,7 @@ import torch
 from models import MODEL_NAMES, canonical_model_name, model_loader
 from utils import cli
 from utils import distributed as dist
+from utils import paths
 from utils.checkpoints import (FORMAT, atomic_torch_save, load_checkpoint, load_state_file, load_state_into,
                                save_checkpoint)
 from utils.compute import MacCounter, pass_flops
@@ -45,10 +46,6 @@ def get_args_parser():
     return p
 
 
-def checkpoint_dir(work_dir, m_name):
-    return os.path.join(work_dir, m_name, "checkpoint")
-
-
 def main(args):
     args.m_name = canonical_model_name(args.m_name)
     cli.print_args(args, "pretrain.py")
@@ -60,8 +57,8 @@ def main(args):
     data = cli.build_data(args, device)
     log(data.describe() + f" | device {device} | precision {precision.name}")
 
-    out_dir = cli.check_writable(checkpoint_dir(args.work_dir, args.m_name))
-    best_path, last_path = os.path.join(out_dir, "ckpt.pth"), os.path.join(out_dir, "last.pth")
+    out_dir = cli.check_writable(paths.pretrain_dir(args.work_dir, args.m_name))
+    best_path, last_path = os.path.join(out_dir, paths.DENSE_FILE), os.path.join(out_dir, paths.PRETRAIN_STATE_FILE)
     model = to_device(model_loader(args.m_name), device, precision)
     net = dist.wrap_ddp(model)  # under torchrun: DistributedDataParallel, each process on its shard
     if dist.is_distributed():

@@ -27,7 +27,7 @@ Note: the published script's --finetune_epochs (default 40) is the per-episode f
 import argparse
 import os
 
-from utils import cli
+from utils import cli, paths
 from utils.regrowth_kinds import UnstructuredKind
 from utils.regrowth_pipeline import add_iterative_args, add_search_args, run_iterative, validate_search_args
 
@@ -35,14 +35,14 @@ from utils.regrowth_pipeline import add_iterative_args, add_search_args, run_ite
 def get_args_parser():
     p = argparse.ArgumentParser("regrowth_iterative.py", description="Iterative SSIM + RL + saliency weight regrowth")
     add_search_args(p, m_name="effnet", num_epochs=300, patience=40, ssim_num_batches=128,
-                    save_dir="./rl_checkpoints", mini_epochs=40)
+                    save_dir=paths.ITERATIVE_SAVE_DIR, mini_epochs=40)
     add_iterative_args(p, budget_space_size=5, min_frac=0.001, max_frac=0.005, num_iters=2, target_sparsity=0.97)
     return p
 
 
 def main(args):
     validate_search_args(args)
-    name = args.method + ("" if args.allocator == "rl" else f"_{args.allocator}") + (f"_{args.tag}" if args.tag else "")
+    name = paths.run_name(args.method, args.allocator, args.tag)
     return run_iterative(
         args, UnstructuredKind, baseline_dir=args.baseline_dir or os.path.join(args.work_dir, args.m_name, "iterative"),
         run_dir=os.path.join(args.save_dir, args.m_name, name), script="regrowth_iterative.py",

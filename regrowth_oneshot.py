@@ -19,7 +19,7 @@ Outputs in {save_dir}/{m_name}/oneshot/{model_sparsity}[_{allocator}][_{tag}]/:
 import argparse
 import os
 
-from utils import cli
+from utils import cli, paths
 from utils.errors import BridgeError
 from utils.regrowth_kinds import UnstructuredKind
 from utils.regrowth_pipeline import add_search_args, run_oneshot, validate_search_args
@@ -28,7 +28,7 @@ from utils.regrowth_pipeline import add_search_args, run_oneshot, validate_searc
 def get_args_parser():
     p = argparse.ArgumentParser("regrowth_oneshot.py", description="One-shot SSIM + RL + saliency weight regrowth")
     add_search_args(p, m_name="effnet", num_epochs=400, patience=50, ssim_num_batches=64,
-                    save_dir="./rl_saliency_oneshot", mini_epochs=50)
+                    save_dir=paths.ONESHOT_SAVE_DIR, mini_epochs=50)
     p.add_argument("--model_sparsity", default="0.98",
                    help="sparsity label of the start model (default path and output folder)")
     p.add_argument("--initial_ckpt", default=None,
@@ -45,9 +45,7 @@ def get_args_parser():
 
 
 def output_dir(args):
-    name = str(args.model_sparsity) + ("" if args.allocator == "rl" else f"_{args.allocator}")
-    name += f"_{args.tag}" if args.tag else ""
-    return os.path.join(args.save_dir, args.m_name, "oneshot", name)
+    return os.path.join(args.save_dir, args.m_name, "oneshot", paths.run_name(args.model_sparsity, args.allocator, args.tag))
 
 
 def main(args):
@@ -55,8 +53,7 @@ def main(args):
     cli.check_fraction("--regrow_step", args.regrow_step, low_inclusive=False)
     if args.acc_baseline is not None and not 0 < args.acc_baseline <= 1:
         raise BridgeError(f"--acc_baseline is a fraction in (0, 1], got {args.acc_baseline}")
-    sparse_path = args.initial_ckpt or os.path.join(args.work_dir, args.m_name, "oneshot",
-                                                    f"{args.m_name}_{args.model_sparsity}.pth")
+    sparse_path = args.initial_ckpt or paths.pruned_checkpoint(args.work_dir, args.m_name, "oneshot", args.model_sparsity)
     return run_oneshot(
         args, UnstructuredKind, sparse_path=sparse_path, out_dir=output_dir(args), script="regrowth_oneshot.py",
         requested=lambda setup, kind: int(setup.total_weights * args.regrow_step),

@@ -15,7 +15,7 @@ in some iteration, and --reward_val_subset calibrates the curve as there.
 import argparse
 import os
 
-from utils import cli
+from utils import cli, paths
 from utils.regrowth_kinds import StructuredKind
 from utils.regrowth_pipeline import add_iterative_args, add_search_args, run_iterative, validate_search_args
 from utils.structured_regrowth import SCORES, STRUCTURED_INITS
@@ -24,7 +24,7 @@ from utils.structured_regrowth import SCORES, STRUCTURED_INITS
 def get_args_parser():
     p = argparse.ArgumentParser("regrowth_structure_iterative.py", description="Iterative structured (filter) regrowth")
     add_search_args(p, m_name="resnet20", num_epochs=300, patience=40, ssim_num_batches=64,
-                    save_dir="./structured_rl_ckpts", init_default="reference",
+                    save_dir=paths.STRUCTURED_SAVE_DIR, init_default="reference",
                     init_choices=STRUCTURED_INITS + ("magnitude",), mini_epochs=40, budget_bonus=0.0)
     add_iterative_args(p, budget_space_size=6, min_frac=0.005, max_frac=0.01, num_iters=5, target_sparsity=0.0)
     p.set_defaults(method="structured_iterative")
@@ -34,7 +34,7 @@ def get_args_parser():
 
 def main(args):
     validate_search_args(args, structured=True)
-    name = args.method + ("" if args.allocator == "rl" else f"_{args.allocator}") + (f"_{args.tag}" if args.tag else "")
+    name = paths.run_name(args.method, args.allocator, args.tag)
     baseline = args.baseline_dir or os.path.join(args.work_dir, args.m_name, "structured_iterative")
     return run_iterative(
         args, StructuredKind, baseline_dir=baseline, run_dir=os.path.join(args.save_dir, args.m_name, name),

@@ -17,8 +17,8 @@ search_summary.txt, summary.json, search_curves.png, allocation.png, search_stat
 import argparse
 import os
 
-from utils import cli
-from utils.checkpoints import load_checkpoint
+from utils import cli, paths
+from utils.checkpoints import peek_checkpoint
 from utils.errors import BridgeError
 from utils.progress import log
 from utils.pruning_curve import load_pruning_curve
@@ -30,7 +30,7 @@ from utils.structured_regrowth import SCORES, STRUCTURED_INITS
 def get_args_parser():
     p = argparse.ArgumentParser("regrowth_structure_oneshot.py", description="One-shot structured (filter) regrowth")
     add_search_args(p, m_name="effnet", num_epochs=300, patience=40, ssim_num_batches=64,
-                    save_dir="./structured_rl_ckpts", init_default="reference",
+                    save_dir=paths.STRUCTURED_SAVE_DIR, init_default="reference",
                     init_choices=STRUCTURED_INITS + ("magnitude",), mini_epochs=50, budget_bonus=0.0)
     p.add_argument("--method", default="structured_oneshot", help="output folder name under {save_dir}/{m_name}/")
     p.add_argument("--initial_ckpt", "--pruned_ckpt", dest="initial_ckpt", required=True,
@@ -66,9 +66,8 @@ def curve_reference(args, start_path):
 def main(args):
     validate_search_args(args, structured=True)
     cli.check_fraction("--sparsity_delta", args.sparsity_delta, low_inclusive=False)
-    start = load_checkpoint(args.initial_ckpt, trust_pickle=args.trust_pickle)
-    label = f"sp{float(start.get('sparsity') or 0):.3f}"
-    name = label + ("" if args.allocator == "rl" else f"_{args.allocator}") + (f"_{args.tag}" if args.tag else "")
+    start = peek_checkpoint(args.initial_ckpt, trust_pickle=args.trust_pickle)  # the sparsity label only; prepare() loads the weights
+    name = paths.run_name(f"sp{float(start.get('sparsity') or 0):.3f}", args.allocator, args.tag)
     return run_oneshot(
         args, StructuredKind, sparse_path=args.initial_ckpt, script="regrowth_structure_oneshot.py",
         out_dir=os.path.join(args.save_dir, args.m_name, args.method, name),

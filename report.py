@@ -20,7 +20,7 @@ import math
 import os
 
 from models import canonical_model_name
-from utils import cli
+from utils import cli, paths
 from utils.checkpoints import checkpoint_metrics, peek_checkpoint
 from utils.compute import flops_total, format_mean_flops
 from utils.errors import BridgeError
@@ -30,8 +30,8 @@ from utils.pruning_curve import PruningCurve
 from utils.records import read_jsonl, write_json
 from utils.stats import compare_groups, fmt_difference, fmt_mean_std, mean_std
 
-CURVE_FOLDERS = ("iterative", "oneshot", "structured_iterative", "structured_oneshot")
-DEFAULT_RUNS = ("rl_saliency_oneshot", "rl_checkpoints", "structured_rl_ckpts")
+CURVE_FOLDERS = paths.PRUNING_FOLDERS
+DEFAULT_RUNS = tuple(os.path.normpath(d) for d in paths.REGROWTH_SAVE_DIRS)
 
 
 def get_args_parser():
@@ -269,7 +269,7 @@ def main(args):
     if not os.path.isdir(m_dir):
         raise BridgeError(f"no runs for {args.m_name}: {m_dir} does not exist")
     metric = args.metric
-    dense_path = args.dense_ckpt or os.path.join(m_dir, "checkpoint", "ckpt.pth")
+    dense_path = args.dense_ckpt or paths.dense_checkpoint(args.work_dir, args.m_name)
     dense = checkpoint_metrics(dense_path)[1] if os.path.isfile(dense_path) else {}
     curves = load_curves(args.work_dir, args.m_name)
     folders = curve_folders(args.work_dir, args.m_name, curves)

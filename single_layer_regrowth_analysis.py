@@ -17,7 +17,7 @@ import os
 import time
 
 from models import MODEL_NAMES, canonical_model_name
-from utils import cli
+from utils import cli, paths
 from utils.errors import BridgeError
 from utils.cache import default_cache_dir
 from utils.features import layer_ssim
@@ -74,12 +74,11 @@ def main(args):
         cli.check_fraction("--regrow_frac", args.regrow_frac, low_inclusive=False)
     # fields the shared regrowth helpers read
     args.ssim_threshold, args.include_linear, args.budget_bonus = 1.0, False, 0.0
-    sparse_path = args.initial_ckpt or os.path.join(args.work_dir, args.m_name, "oneshot",
-                                                    f"{args.m_name}_{args.model_sparsity}.pth")
+    sparse_path = args.initial_ckpt or paths.pruned_checkpoint(args.work_dir, args.m_name, "oneshot", args.model_sparsity)
     cli.print_args(args, "single_layer_regrowth_analysis.py")
     t0 = time.perf_counter()
     setup, sparse, _ = prepare(args, sparse_path)
-    out_dir = os.path.join(args.save_dir, args.m_name, str(args.model_sparsity) + (f"_{args.tag}" if args.tag else ""))
+    out_dir = os.path.join(args.save_dir, args.m_name, paths.run_name(args.model_sparsity, tag=args.tag))
     cli.check_writable(out_dir)
     caps = layer_capacities(sparse, setup.masked_names)
     ssim = layer_ssim(setup.dense, sparse, setup.data.val, setup.device, setup.masked_names, args.ssim_num_batches,

@@ -17,7 +17,7 @@ import os
 
 from models import model_spec
 from utils import cli
-from utils.checkpoints import load_checkpoint, model_from_checkpoint
+from utils.checkpoints import COMPACT_FORMAT, load_checkpoint, model_from_checkpoint
 from utils.compact import export_compact, load_compact
 from utils.errors import BridgeError
 from utils.masks import format_layer_table, layer_table, model_sparsity
@@ -115,7 +115,7 @@ def main(args):
         m_name = args.m_name or meta.get("model")
         if m_name is None:
             raise BridgeError(f"{path} does not record its model; pass --m_name")
-        if meta.get("format") == "bridge-compact-v1":
+        if meta.get("format") == COMPACT_FORMAT:
             model, ckpt = load_compact(path)
         else:
             model, ckpt = model_from_checkpoint(path, m_name, trust_pickle=args.trust_pickle)

@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 
 from tests.conftest import prepare_work_dir, run_script
-from utils.boundary import (bootstrap_tolerance, find_knees, residual_knee, storage_bytes, tolerance_knee,
-                            two_segment_knee)
+from utils.boundary import (DeviceLimits, bootstrap_tolerance, find_knees, regrowth_room, residual_knee,
+                            storage_bytes, tolerance_knee, two_segment_knee)
 from utils.masks import add_masks
 
 XS = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.93, 0.96, 0.99]
@@ -113,3 +113,34 @@ def test_evaluation_script_knee_flag(curve_dir):
     bad = run_script("test_unstructure_regrowth_model.py", ["--model_path", summary["levels"][0]["path"], "--knee",
                                                             "--dataset", "digits"], check=False)
     assert bad.returncode == 2 and "--knee needs a folder" in bad.stderr
+
+
+def test_regrowth_room_is_the_tightest_limit_or_the_knee():
+    # a weight level: 1,000 of 10,000 prunable weights alive (sparsity 0.9), 2,000 bytes, 50,000 MACs
+    start = {"sparsity": 0.9, "nonzero_params": 1000, "prunable_params": 10000, "bytes": 2000, "macs": 50000,
+             "max_macs_per_weight": 64}
+    # the knee at 0.85 leaves room for 500 weights; each limit below is tighter
+    assert regrowth_room(start, [start], 0.85, DeviceLimits()) == (500, 0.05)
+    assert regrowth_room(start, [start], 0.85, DeviceLimits(max_nonzero_params=1200))[0] == 200
+    # csr: a weight costs its 4-byte value and a 4-byte column index -> (2,800 - 2,000) / 8
+    assert regrowth_room(start, [start], 0.85, DeviceLimits(max_bytes=2800, storage="csr"))[0] == 100
+    assert regrowth_room(start, [start], 0.85, DeviceLimits(max_bytes=2800, value_bytes=2))[0] == 400
+    assert regrowth_room(start, [start], 0.85, DeviceLimits(max_macs=50000 + 64 * 30 + 10))[0] == 30
+    assert regrowth_room(start, [start], 0.85, DeviceLimits(max_nonzero_params=900))[0] == 0  # over already
+    # a filter level: 100 dense filters, 10,000 prunable weights -> 100 weights per filter; the densest level's
+    # 80,000 MACs -> 800 MACs per filter; latency 0.1 ms per filter from the next less sparse level
+    f_start = dict(start, sparsity=0.6, alive_filters=40, latency_ms=2.0)
+    f_prev = {"sparsity": 0.5, "macs": 80000, "alive_filters": 50, "latency_ms": 3.0}
+    levels = [f_prev, f_start]
+    assert regrowth_room(f_start, levels, 0.5, DeviceLimits(), dense_filters=100) == (10, 0.1)
+    assert regrowth_room(f_start, levels, 0.4, DeviceLimits(max_nonzero_params=1500), dense_filters=100)[0] == 5
+    assert regrowth_room(f_start, levels, 0.4, DeviceLimits(max_macs=50000 + 800 * 7), dense_filters=100)[0] == 7
+    assert regrowth_room(f_start, levels, 0.4, DeviceLimits(max_latency_ms=2.35), dense_filters=100)[0] == 3
+
+
+def test_device_limits_fit_each_limit():
+    level = {"nonzero_params": 100, "bytes": 400, "macs": 1e6, "latency_ms": 1.5}
+    assert DeviceLimits().fits(level) and not DeviceLimits().any()
+    assert DeviceLimits(max_nonzero_params=100, max_bytes=400, max_macs=1e6, max_latency_ms=1.5).fits(level)
+    for limit in ({"max_nonzero_params": 99}, {"max_bytes": 399}, {"max_macs": 9.9e5}, {"max_latency_ms": 1.4}):
+        assert not DeviceLimits(**limit).fits(level) and DeviceLimits(**limit).any(), limit

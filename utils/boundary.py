@@ -134,3 +134,71 @@ def storage_bytes(model, scheme="bitmask", value_bytes=4):
 def bytes_per_weight(scheme="bitmask", value_bytes=4):
     """Extra bytes one regrown weight costs."""
     return value_bytes if scheme == "bitmask" else value_bytes + 4
+
+
+@dataclass(frozen=True)
+class DeviceLimits:
+    """A device's budget (None: no limit) and how bytes and latency are counted."""
+    max_nonzero_params: int = None
+    max_bytes: int = None
+    max_macs: float = None
+    max_latency_ms: float = None
+    storage: str = "bitmask"
+    value_bytes: int = 4
+    latency_batch: int = 1
+
+    def any(self):
+        return any(v is not None for v in (self.max_nonzero_params, self.max_bytes, self.max_macs, self.max_latency_ms))
+
+    def fits(self, level):
+        """Whether a measured level (a dict with nonzero_params, bytes, macs and, if limited, latency_ms) fits."""
+        limits = {"nonzero_params": self.max_nonzero_params, "bytes": self.max_bytes, "macs": self.max_macs,
+                  "latency_ms": self.max_latency_ms}
+        return all(v is None or level[k] <= v for k, v in limits.items())
+
+    def describe(self):
+        return ", ".join(f"{k} <= {v:g}" for k, v in (
+            ("non-zero weights", self.max_nonzero_params), (f"bytes ({self.storage})", self.max_bytes),
+            ("MACs", self.max_macs), (f"latency ms (batch {self.latency_batch})", self.max_latency_ms))
+            if v is not None)
+
+
+def regrowth_room(start, levels, knee_sparsity, limits, dense_filters=None):
+    """How many units may be regrown into the `start` level before a device limit is reached or the knee is passed.
+
+    start, levels: measured levels (see DeviceLimits.fits); weight levels also hold prunable_params and
+    max_macs_per_weight (the most MACs one regrown weight can add), filter levels alive_filters. With
+    `dense_filters` the units are filters (a filter costs the mean parameters and MACs of a dense filter;
+    latency follows the slope to the next less sparse level), else weights. Returns (units, fraction of
+    the dense units)."""
+    room = []
+    if dense_filters:
+        per_filter_params = start["prunable_params"] / dense_filters
+        per_filter_macs = max(r["macs"] for r in levels) / dense_filters
+        if limits.max_nonzero_params is not None:
+            room.append(math.floor((limits.max_nonzero_params - start["nonzero_params"]) / per_filter_params))
+        if limits.max_bytes is not None:
+            room.append(math.floor((limits.max_bytes - start["bytes"]) / (per_filter_params * limits.value_bytes)))
+        if limits.max_macs is not None:
+            room.append(math.floor((limits.max_macs - start["macs"]) / per_filter_macs))
+        if limits.max_latency_ms is not None:
+            less_sparse = [r for r in levels if r["sparsity"] < start["sparsity"]]
+            if less_sparse:
+                prev = max(less_sparse, key=lambda r: r["sparsity"])
+                slope = ((prev["latency_ms"] - start["latency_ms"])
+                         / max(prev["alive_filters"] - start["alive_filters"], 1))
+                room.append(math.floor((limits.max_latency_ms - start["latency_ms"]) / max(slope, 1e-9)))
+        total = dense_filters
+    else:
+        total = start["prunable_params"]
+        if limits.max_nonzero_params is not None:
+            room.append(limits.max_nonzero_params - start["nonzero_params"])
+        if limits.max_bytes is not None:
+            room.append(math.floor((limits.max_bytes - start["bytes"])
+                                   / bytes_per_weight(limits.storage, limits.value_bytes)))
+        if limits.max_macs is not None:  # a regrown weight costs at most its layer's MACs per weight
+            room.append(math.floor((limits.max_macs - start["macs"]) / start["max_macs_per_weight"]))
+    # rounded first: (0.6 - 0.5) * 100 is 9.999999999999998 in floating point, and one unit would be lost
+    to_knee = math.floor(round((start["sparsity"] - knee_sparsity) * total, 6))
+    budget = max(0, min(room + [to_knee]))
+    return budget, budget / total

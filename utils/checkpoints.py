@@ -20,6 +20,7 @@ from utils.errors import CheckpointError
 from utils.masks import count_pruned_params, masked_layer_names, model_sparsity
 
 FORMAT = "bridge-v1"
+COMPACT_FORMAT = "bridge-compact-v1"  # filters physically removed (utils.compact)
 
 
 def jsonable(obj):
@@ -145,7 +146,7 @@ def normalise_checkpoint(obj, source="<memory>"):
         return {"format": "pickled-module", "state_dict": obj.state_dict(), "metrics": {}}
     if not isinstance(obj, dict):
         raise CheckpointError(f"{source} is not a checkpoint (it holds a {type(obj).__name__})")
-    if obj.get("format") == "bridge-compact-v1":  # filters physically removed (utils.compact.load_compact)
+    if obj.get("format") == COMPACT_FORMAT:
         return dict(obj)
     if obj.get("format") == FORMAT:
         out = dict(obj)
@@ -273,6 +274,6 @@ def checkpoint_metrics(path):
     return float(sp), dict(ckpt.get("metrics") or {})
 
 
-__all__ = ["FORMAT", "atomic_torch_save", "make_checkpoint", "save_checkpoint", "load_checkpoint",
+__all__ = ["FORMAT", "COMPACT_FORMAT", "atomic_torch_save", "make_checkpoint", "save_checkpoint", "load_checkpoint",
            "normalise_checkpoint", "peek_checkpoint", "load_state_file", "load_state_into", "check_model_name", "model_from_checkpoint",
            "model_sparsity_of_state", "checkpoint_metrics", "jsonable", "cpu_state_dict"]

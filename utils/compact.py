@@ -47,9 +47,9 @@ def _prune_plain(plain, m_name, dead):
 
 def save_compact(path, compact, m_name, masked_model):
     """Write a compact model as a weights_only dict: its state_dict plus the removed channels per group."""
-    from utils.checkpoints import atomic_torch_save, cpu_state_dict
+    from utils.checkpoints import COMPACT_FORMAT, atomic_torch_save, cpu_state_dict
 
-    return atomic_torch_save({"format": "bridge-compact-v1", "model": m_name, "stage": "compact",
+    return atomic_torch_save({"format": COMPACT_FORMAT, "model": m_name, "stage": "compact",
                               "dead_channels": dead_channels(masked_model, m_name),
                               "state_dict": cpu_state_dict(compact)}, path)
 

@@ -11,7 +11,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from utils import cli
+from utils import cli, paths
 from utils.checkpoints import check_model_name, load_checkpoint, load_state_into, model_from_checkpoint, save_checkpoint
 from utils.compute import ComputeLedger, MacCounter, recorded_flops
 from utils.errors import BridgeError
@@ -42,11 +42,6 @@ def add_finetune_args(p):
     p.add_argument("--work_dir", default=".", help="folder holding the {m_name}/ output tree")
     p.add_argument("--resume", action="store_true", help="skip levels already saved in the output folder")
     p.add_argument("--trust_pickle", action="store_true", help="allow reading pickled published checkpoints")
-
-
-def level_filename(m_name, sparsity):
-    """Published naming: the sparsity rounded to 4 decimals, Python's repr ('0.3', '0.657', '0.9953')."""
-    return f"{m_name}_{round(sparsity, 4)}.pth"
 
 
 def check_eval_grid(eval_every, save_at, steps):
@@ -105,7 +100,7 @@ def run_pruning(args, plan):
     set_seed(args.seed)
     data = cli.build_data(args, device)
     log(data.describe() + f" | device {device} | precision {precision.name}")
-    dense_path = args.dense_ckpt or os.path.join(args.work_dir, args.m_name, "checkpoint", "ckpt.pth")
+    dense_path = args.dense_ckpt or paths.dense_checkpoint(args.work_dir, args.m_name)
     out_dir = cli.check_writable(os.path.join(args.work_dir, args.m_name, plan.folder))
     log_path = os.path.join(out_dir, "prune_log.jsonl")
     steps = finetune_steps(args, plan.mode, len(data.train))
@@ -143,7 +138,7 @@ def run_pruning(args, plan):
         plan.prune(model, amount, data)
         sp = plan.sparsity(model)
         pruned_val, _ = evaluate(model, data.val, device, precision)
-        path = os.path.join(out_dir, level_filename(args.m_name, sp))
+        path = os.path.join(out_dir, paths.level_filename(args.m_name, sp))
         # iterative levels continue the level before; one-shot levels (and transplants) start from the dense model
         ledger = ComputeLedger(*(prev_flops if plan.mode == "iterative" else (plan.inherited_flops, plan.inherited_from)))
         level_macs = macs(model)

@@ -19,6 +19,7 @@ import torch
 from models import MODEL_NAMES, canonical_model_name, model_loader
 from utils import cli
 from utils import distributed as dist
+from utils import paths
 from utils.allocators import ALLOCATORS
 from utils.cache import DiskCache, default_cache_dir, state_digest
 from utils.compute import ComputeLedger, MacCounter, pass_flops
@@ -216,11 +217,7 @@ class RegrowthSetup:
 
 
 def dense_checkpoint_path(args):
-    if args.dense_ckpt:
-        return args.dense_ckpt
-    folder = os.path.join(args.work_dir, args.m_name, "checkpoint")
-    ours, published = os.path.join(folder, "ckpt.pth"), os.path.join(folder, f"pretrain_{args.m_name}_ckpt.pth")
-    return published if not os.path.isfile(ours) and os.path.isfile(published) else ours
+    return args.dense_ckpt or paths.dense_checkpoint(args.work_dir, args.m_name)
 
 
 def prepare(args, sparse_path):
