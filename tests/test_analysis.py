@@ -16,7 +16,7 @@ from scipy import stats
 import prune_unstructure
 import regrowth_oneshot
 from tests.conftest import prepare_work_dir, run_script
-from utils.saliency_analysis import class_statistics, per_class_saliency
+from utils.class_saliency import class_statistics, per_class_saliency
 from utils.stats import correlations, fmt_mean_std, mean_std
 
 DATA = ["--dataset", "digits", "--m_name", "resnet20", "--train_limit", "256", "--batch_size", "64"]
@@ -114,8 +114,8 @@ def test_single_layer_analysis_cli(sparse_digits, tmp_path):
 @pytest.mark.slow
 def test_saliency_analysis_cli(sparse_digits, tmp_path):
     out = str(tmp_path / "sal")
-    run_script("utils/saliency_analysis.py", ["--dataset", "digits", "--work_dir", sparse_digits, "--out_dir", out,
-                                              "--max_batches", "1", "--orders", "first", "second"])
+    run_script("saliency_analysis.py", ["--dataset", "digits", "--work_dir", sparse_digits, "--out_dir", out,
+                                        "--max_batches", "1", "--orders", "first", "second"])
     rows = list(csv.DictReader(open(os.path.join(out, "per_class_saliency.csv"))))
     assert len(rows) == 2 * 3 * 10  # orders x default layers x classes
     for name in os.listdir(out):

@@ -13,10 +13,11 @@ import regrowth_structure_oneshot
 import find_drop_point
 import regrowth_structure_iterative
 import report
+import saliency_analysis
 import single_layer_regrowth_analysis
 import test_unstructure_regrowth_model as evaluate_script
 from tests.conftest import prepare_work_dir
-from utils import cli, saliency_analysis
+from utils import cli
 
 DIGITS = ["--dataset", "digits", "--train_limit", "128", "--batch_size", "64"]
 # a path below a regular file cannot be created, even by root (a read-only folder would not stop root)

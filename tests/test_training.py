@@ -109,11 +109,11 @@ def test_compile_is_offered_only_where_training_steps_run():
     for module in ("pretrain", "prune_unstructure", "prune_structure", "regrowth_oneshot", "regrowth_iterative",
                    "regrowth_structure_oneshot", "regrowth_structure_iterative", "single_layer_regrowth_analysis"):
         assert "--compile" in options(module)[0], module
-    for module in ("find_drop_point", "test_unstructure_regrowth_model", "utils.saliency_analysis"):
+    for module in ("find_drop_point", "test_unstructure_regrowth_model", "saliency_analysis"):
         opts, parser = options(module)
         assert "--compile" not in opts and "--device" in opts, module
         assert parser.get_default("compile") is False, module
-    assert "--precision" not in options("utils.saliency_analysis")[0]
+    assert "--precision" not in options("saliency_analysis")[0]
     assert "--precision" in options("find_drop_point")[0]
 
 

@@ -14,15 +14,14 @@ Statistics per layer and class (mean, median, max, share of the layer's total sa
 overlap with the other classes in its top-1% weights) go to a CSV; plots show per-class distributions
 of log-saliency for each layer and a class x layer heat map of mean saliency.
 
-    python -m utils.saliency_analysis --m_name resnet20 --ckpt resnet20/checkpoint/ckpt.pth \
-        --dataset CIFAR10 --data_dir data --layers conv1 layer3.2.conv2 --orders first second fisher
+The stage that runs it from the shell is saliency_analysis.py.
 """
-import argparse
 import os
-import sys
 
 import torch
 import torch.nn.functional as F
+
+from utils.errors import BridgeError
 
 ORDERS = ("first", "second", "fisher")
 
@@ -31,8 +30,6 @@ def _params(model, layers):
     modules = dict(model.named_modules())
     missing = [n for n in layers if n not in modules or not hasattr(modules[n], "weight")]
     if missing:
-        from utils.errors import BridgeError
-
         raise BridgeError(f"no weight layer named {', '.join(missing)}")
     return [modules[n].weight_orig if hasattr(modules[n], "weight_orig") else modules[n].weight for n in layers]
 
@@ -139,64 +136,3 @@ def plot_saliency(saliency, out_dir, class_names=None):
         plt.close(fig)
         paths.append(p)
     return paths
-
-
-def get_args_parser():
-    from models import MODEL_NAMES
-    from utils import cli
-
-    p = argparse.ArgumentParser("python -m utils.saliency_analysis", description="Per-class saliency analysis")
-    p.add_argument("--m_name", default="resnet20", help=f"model: {', '.join(MODEL_NAMES)}")
-    p.add_argument("--ckpt", default=None, help="checkpoint (default {work_dir}/{m_name}/checkpoint/ckpt.pth)")
-    p.add_argument("--work_dir", default=".")
-    p.add_argument("--layers", nargs="+", default=None, help="layers (default: first, middle and last prunable layer)")
-    p.add_argument("--orders", nargs="+", default=["first", "second"], choices=ORDERS)
-    p.add_argument("--max_batches", type=int, default=20, help="validation batches used")
-    p.add_argument("--hutchinson_samples", type=int, default=1)
-    p.add_argument("--out_dir", default=None, help="default {work_dir}/{m_name}/saliency_analysis")
-    p.add_argument("--trust_pickle", action="store_true")
-    cli.add_data_args(p, batch_size=128)
-    cli.add_runtime_args(p, trains=False, precision=False)  # Hessian-vector products in fp32
-    return p
-
-
-def main(args):
-    from models import canonical_model_name
-    from utils import cli
-    from utils.checkpoints import model_from_checkpoint
-    from utils.masks import prunable_modules
-    from utils.progress import log
-    from utils.records import write_csv
-    from utils.runtime import resolve_device, set_seed
-
-    args.m_name = canonical_model_name(args.m_name)
-    cli.print_args(args, "saliency_analysis")
-    device = resolve_device(args.device)
-    set_seed(args.seed)
-    ckpt = args.ckpt or os.path.join(args.work_dir, args.m_name, "checkpoint", "ckpt.pth")
-    model, _ = model_from_checkpoint(ckpt, args.m_name, trust_pickle=args.trust_pickle)
-    model = model.to(device)
-    names = [n for n, _ in prunable_modules(model)]
-    layers = args.layers or list(dict.fromkeys([names[0], names[len(names) // 2], names[-1]]))
-    data = cli.build_data(args, device)
-    out_dir = args.out_dir or os.path.join(args.work_dir, args.m_name, "saliency_analysis")
-    os.makedirs(out_dir, exist_ok=True)
-    sal = per_class_saliency(model, data.val, layers, data.spec.num_classes, device, args.orders, args.max_batches,
-                             args.hutchinson_samples, args.seed)
-    rows = class_statistics(sal)
-    csv_path = write_csv(os.path.join(out_dir, "per_class_saliency.csv"), rows)
-    pngs = plot_saliency(sal, out_dir)
-    for order in args.orders:
-        for layer in layers:
-            means = [r["mean"] for r in rows if r["order"] == order and r["layer"] == layer]
-            log(f"{order:>6} {layer:<22} class means {min(means):.2e} .. {max(means):.2e} "
-                f"(max/min {max(means) / min(means) if min(means) > 0 else float('inf'):.2f})")
-    log(f"wrote {csv_path}, " + ", ".join(pngs))
-    return rows
-
-
-if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from utils import cli as _cli
-
-    _cli.run(main, get_args_parser())
