@@ -12,17 +12,17 @@ drawn as points, with an arrow from the sparse model each one started from.
     python test_unstructure_regrowth_model.py --model_path rl_saliency_oneshot/resnet20 --baseline_dir resnet20/oneshot
 """
 import argparse
-import glob
 import os
 
 from models import model_spec
-from utils import cli
+from utils import cli, paths
 from utils.checkpoints import COMPACT_FORMAT, load_checkpoint, model_from_checkpoint
 from utils.compact import export_compact, load_compact
+from utils.conversion import convert_checkpoints
 from utils.errors import BridgeError
 from utils.masks import format_layer_table, layer_table, model_sparsity
 from utils.metrics import model_cost
-from utils.structured import channel_sparsity, filter_counts, is_structured_model
+from utils.structured import filter_counts, is_structured_model
 from utils.plots import plot_accuracy_vs_sparsity
 from utils.progress import log
 from utils.records import write_csv
@@ -47,22 +47,11 @@ def get_args_parser():
     p.add_argument("--tolerance", type=float, default=1.0, help="--knee: points below dense still 'safe'")
     p.add_argument("--convert", default=None, metavar="OUT_DIR",
                    help="rewrite the checkpoints (e.g. the published formats) in this project's format into OUT_DIR, "
-                        "then exit (needs --m_name for files that do not record their model)")
+                        "then exit (needs --m_name for files that do not record their model); "
+                        "the same as convert_checkpoint.py")
     cli.add_data_args(p)
     cli.add_runtime_args(p, trains=False)
     return p
-
-
-def find_checkpoints(path):
-    if os.path.isfile(path):
-        return [path]
-    if not os.path.isdir(path):
-        raise BridgeError(f"--model_path not found: {path}")
-    files = sorted(p for p in glob.glob(os.path.join(path, "**", "*.pth"), recursive=True)
-                   if not os.path.basename(p).startswith((".tmp", "search_", "last.pth")))
-    if not files:
-        raise BridgeError(f"no .pth checkpoint under {path}")
-    return files
 
 
 def kind_of(stage):
@@ -74,39 +63,18 @@ def kind_of(stage):
     return "dense" if stage == "pretrain" else "other"
 
 
-def convert(args, files):
-    """Rewrite each checkpoint in our format (weights_only-loadable dict) under args.convert."""
-    from utils.checkpoints import save_checkpoint
-
-    cli.check_writable(args.convert)
-    written = []
-    for path in files:
-        meta = load_checkpoint(path, trust_pickle=args.trust_pickle)
-        m_name = args.m_name or meta.get("model")
-        if m_name is None:
-            raise BridgeError(f"{path} does not record its model; pass --m_name")
-        model, ckpt = model_from_checkpoint(path, m_name, trust_pickle=args.trust_pickle)
-        out = os.path.join(args.convert, os.path.splitext(os.path.basename(path))[0] + ".pth")
-        sparsity = ckpt.get("sparsity", channel_sparsity(model) if is_structured_model(model) else model_sparsity(model))
-        save_checkpoint(out, model, m_name, ckpt.get("dataset", args.dataset), ckpt.get("stage") or "converted",
-                        ckpt.get("args") or {}, ckpt.get("metrics") or {}, sparsity=sparsity, source=path,
-                        source_format=ckpt.get("format"))
-        log(f"converted {path} ({ckpt.get('format')}) -> {out}")
-        written.append(out)
-    return written
-
-
 def main(args):
     cli.print_args(args, "test_unstructure_regrowth_model.py")
     if args.convert:
-        return convert(args, find_checkpoints(args.model_path))
+        return convert_checkpoints(paths.checkpoint_files(args.model_path), args.convert, args.m_name, args.dataset,
+                                   args.trust_pickle)
     if args.knee and not os.path.isdir(args.model_path):
         raise BridgeError("--knee needs a folder of pruned checkpoints as --model_path")
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device, args.compile)
     set_seed(args.seed)
-    files = find_checkpoints(args.model_path)
-    extra = find_checkpoints(args.baseline_dir) if args.baseline_dir else []
+    files = paths.checkpoint_files(args.model_path)
+    extra = paths.checkpoint_files(args.baseline_dir) if args.baseline_dir else []
     data, rows = None, []
     for path in files + [f for f in extra if f not in files]:
         meta = load_checkpoint(path, trust_pickle=args.trust_pickle)

@@ -12,6 +12,7 @@ import regrowth_oneshot
 import regrowth_structure_oneshot
 import find_drop_point
 import regrowth_structure_iterative
+import convert_checkpoint
 import report
 import saliency_analysis
 import single_layer_regrowth_analysis
@@ -25,7 +26,8 @@ UNWRITABLE = ("not_a_checkpoint.pth", "out")
 SCRIPTS = {"pretrain": pretrain, "prune_u": prune_unstructure, "prune_s": prune_structure,
            "oneshot": regrowth_oneshot, "iterative": regrowth_iterative, "s_oneshot": regrowth_structure_oneshot,
            "eval": evaluate_script, "single": single_layer_regrowth_analysis, "report": report,
-           "saliency": saliency_analysis, "boundary": find_drop_point, "s_iterative": regrowth_structure_iterative}
+           "saliency": saliency_analysis, "boundary": find_drop_point, "s_iterative": regrowth_structure_iterative,
+           "convert": convert_checkpoint}
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +124,13 @@ CASES = [
                              "--sparsity_delta", "0", "--work_dir", w] + DIGITS, "--sparsity_delta must be in (0, 1)"),
     ("s_oneshot", lambda w: ["--m_name", "resnet20", "--initial_ckpt", P(w, "resnet20", "oneshot", "resnet20_0.9.pth"),
                              "--init_strategy", "ones", "--work_dir", w] + DIGITS, "invalid choice: 'ones'"),
+    ("convert", lambda w: ["--model_path", P(w, "nope.pth"), "--out_dir", P(w, "conv")], "--model_path not found"),
+    ("convert", lambda w: ["--model_path", P(w, "truncated.pth"), "--out_dir", P(w, "conv")],
+     "truncated or not a torch checkpoint"),
+    ("convert", lambda w: ["--model_path", P(w, "foreign.pth"), "--out_dir", P(w, "conv")],
+     "is not a checkpoint this project understands"),
+    ("convert", lambda w: ["--model_path", P(w, "resnet20", "oneshot", "resnet20_0.9.pth"), "--out_dir",
+                           P(w, *UNWRITABLE)], "cannot write to"),
     ("eval", lambda w: ["--model_path", P(w, "nope.pth")] + DIGITS, "--model_path not found"),
     ("eval", lambda w: ["--model_path", P(w, "empty_dir")] + DIGITS, "no .pth checkpoint under"),
     ("eval", lambda w: ["--model_path", P(w, "truncated.pth")] + DIGITS, "truncated or not a torch checkpoint"),

@@ -90,9 +90,19 @@ def test_load_state_into_adds_masks(tmp_path):
     assert model_sparsity(fresh) == pytest.approx(model_sparsity(sparse))
 
 
-def test_convert_published_formats_round_trip(tmp_path):
-    """Published raw / dense / pickled-module files -> our format -> identical tensors, weights_only."""
+@pytest.mark.parametrize("entry", ["convert_checkpoint", "evaluation_alias"])
+def test_convert_published_formats_round_trip(tmp_path, entry):
+    """Published raw / dense / pickled-module files -> our format -> identical tensors, weights_only; through
+    convert_checkpoint.py and through its alias `test_unstructure_regrowth_model.py --convert`."""
+    import convert_checkpoint
     import test_unstructure_regrowth_model as evaluate_script
+
+    def convert(flags):
+        if entry == "convert_checkpoint":
+            script, flags = convert_checkpoint, [("--out_dir" if f == "--convert" else f) for f in flags]
+        else:
+            script = evaluate_script
+        return script.main(script.get_args_parser().parse_args(flags))
 
     sparse = _sparse_resnet20()
     src = tmp_path / "published"
@@ -101,9 +111,7 @@ def test_convert_published_formats_round_trip(tmp_path):
     torch.save({"net": model_loader("resnet20").state_dict(), "acc": 90.0, "epoch": 3}, src / "pretrain_ckpt.pth")
     torch.save(sparse, src / "best_ep1_rwd+0.01.pth")  # a whole pickled module, as one-shot regrowth saved it
     out = tmp_path / "converted"
-    args = evaluate_script.get_args_parser().parse_args(
-        ["--model_path", str(src), "--m_name", "resnet20", "--convert", str(out), "--trust_pickle"])
-    written = evaluate_script.main(args)
+    written = convert(["--model_path", str(src), "--m_name", "resnet20", "--convert", str(out), "--trust_pickle"])
     assert sorted(os.path.basename(p) for p in written) == ["best_ep1_rwd+0.01.pth", "iterate_0.9.pth",
                                                             "pretrain_ckpt.pth"]
     for name in ("iterate_0.9.pth", "best_ep1_rwd+0.01.pth"):
@@ -115,7 +123,5 @@ def test_convert_published_formats_round_trip(tmp_path):
     dense = torch.load(out / "pretrain_ckpt.pth", weights_only=True)
     assert dense["metrics"]["val_acc"] == 90.0 and dense["sparsity"] == 0.0
     # without --trust_pickle the pickled module is refused with a clear message
-    args = evaluate_script.get_args_parser().parse_args(
-        ["--model_path", str(src / "best_ep1_rwd+0.01.pth"), "--m_name", "resnet20", "--convert", str(out)])
     with pytest.raises(CheckpointError, match="trust_pickle"):
-        evaluate_script.main(args)
+        convert(["--model_path", str(src / "best_ep1_rwd+0.01.pth"), "--m_name", "resnet20", "--convert", str(out)])

@@ -7,7 +7,10 @@
 A run name is the script's base name, then `_{allocator}` unless the allocator is the published `rl`,
 then `_{tag}` when --tag is given.
 """
+import glob
 import os
+
+from utils.errors import BridgeError
 
 PRETRAIN_FOLDER = "checkpoint"
 DENSE_FILE = "ckpt.pth"
@@ -47,3 +50,16 @@ def pruned_checkpoint(work_dir, m_name, folder, sparsity_label):
 def run_name(base, allocator=None, tag=None):
     """A regrowth run's folder name (see the module docstring; no allocator: no allocator suffix)."""
     return str(base) + ("" if allocator in (None, "rl") else f"_{allocator}") + (f"_{tag}" if tag else "")
+
+
+def checkpoint_files(path):
+    """[path] for a file; for a folder, its .pth files (recursively), without temporaries and run states."""
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise BridgeError(f"--model_path not found: {path}")
+    files = sorted(p for p in glob.glob(os.path.join(path, "**", "*.pth"), recursive=True)
+                   if not os.path.basename(p).startswith((".tmp", "search_", "last.pth")))
+    if not files:
+        raise BridgeError(f"no .pth checkpoint under {path}")
+    return files
