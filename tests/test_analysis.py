@@ -16,6 +16,7 @@ from scipy import stats
 import prune_unstructure
 import regrowth_oneshot
 from tests.conftest import prepare_work_dir, run_script
+from utils.checkpoints import FORMAT
 from utils.class_saliency import class_statistics, per_class_saliency
 from utils.stats import correlations, fmt_mean_std, mean_std
 
@@ -173,8 +174,8 @@ def test_report_groups_the_seeds_of_one_method_and_nothing_else(tmp_path):
 
     def start(name, steps, seed):
         path = str(tmp_path / name)
-        torch.save({"stage": "prune_oneshot", "pruner": "lamp", "finetune_steps": steps, "sparsity": 0.95000001,
-                    "args": {"seed": seed}}, path)
+        torch.save({"format": FORMAT, "state_dict": {}, "stage": "prune_oneshot", "pruner": "lamp",
+                    "finetune_steps": steps, "sparsity": 0.95000001, "args": {"seed": seed}}, path)
         return path
 
     def run(seed, start_path, **method):
