@@ -28,8 +28,9 @@ import argparse
 import os
 
 from utils import cli, paths
-from utils.regrowth_kinds import UnstructuredKind
-from utils.regrowth_pipeline import add_iterative_args, add_search_args, run_iterative, validate_search_args
+from utils.regrowth.kinds import UnstructuredKind
+from utils.regrowth.flags import add_iterative_args, add_search_args, validate_search_args
+from utils.regrowth.iterative import run_iterative
 
 
 def get_args_parser():

@@ -21,8 +21,9 @@ import os
 
 from utils import cli, paths
 from utils.errors import BridgeError
-from utils.regrowth_kinds import UnstructuredKind
-from utils.regrowth_pipeline import add_search_args, run_oneshot, validate_search_args
+from utils.regrowth.kinds import UnstructuredKind
+from utils.regrowth.flags import add_search_args, validate_search_args
+from utils.regrowth.oneshot import run_oneshot
 
 
 def get_args_parser():

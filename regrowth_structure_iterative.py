@@ -16,9 +16,10 @@ import argparse
 import os
 
 from utils import cli, paths
-from utils.regrowth_kinds import StructuredKind
-from utils.regrowth_pipeline import add_iterative_args, add_search_args, run_iterative, validate_search_args
-from utils.structured_regrowth import SCORES, STRUCTURED_INITS
+from utils.regrowth.kinds import StructuredKind
+from utils.regrowth.flags import add_iterative_args, add_search_args, validate_search_args
+from utils.regrowth.iterative import run_iterative
+from utils.regrowth.filters import SCORES, STRUCTURED_INITS
 
 
 def get_args_parser():

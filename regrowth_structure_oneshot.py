@@ -1,6 +1,6 @@
 """Stage 3 (structured, one step): regrow a budget of filters into a filter-pruned model, then finetune.
 
-The same search as regrowth_oneshot.py over channel groups instead of layers (utils/regrowth_kinds.py):
+The same search as regrowth_oneshot.py over channel groups instead of layers (utils/regrowth/kinds.py):
 SSIM per group (the lowest of its convs) picks and orders the search space, topped up by ascending SSIM
 until it can hold the budget; the budget is floor(total dense filters * --sparsity_delta) filters,
 allocated in whole channels (a channel of a coupled ResNet stage costs one filter per conv in the
@@ -22,9 +22,10 @@ from utils.checkpoints import peek_checkpoint
 from utils.errors import BridgeError
 from utils.progress import log
 from utils.pruning_curve import load_pruning_curve
-from utils.regrowth_kinds import StructuredKind
-from utils.regrowth_pipeline import add_search_args, run_oneshot, validate_search_args
-from utils.structured_regrowth import SCORES, STRUCTURED_INITS
+from utils.regrowth.kinds import StructuredKind
+from utils.regrowth.flags import add_search_args, validate_search_args
+from utils.regrowth.oneshot import run_oneshot
+from utils.regrowth.filters import SCORES, STRUCTURED_INITS
 
 
 def get_args_parser():

@@ -24,12 +24,12 @@ from utils.features import layer_ssim
 from utils.plots import plot_bars, plot_ssim_gain
 from utils.progress import log
 from utils.records import write_csv, write_json
-from utils.regrowth import (INIT_ALIASES, INIT_STRATEGIES, WeightRegrower, canonical_init, dense_reference_weights,
+from utils.regrowth.weights import (INIT_ALIASES, INIT_STRATEGIES, WeightRegrower, canonical_init, dense_reference_weights,
                             layer_capacities)
-from utils.regrowth_kinds import UnstructuredKind
-from utils.regrowth_pipeline import mini_finetune_steps, prepare, work_model_like
-from utils.regrowth_search import RegrowthEnv
-from utils.reward_proxies import MiniFinetuneProxy
+from utils.regrowth.kinds import UnstructuredKind
+from utils.regrowth.setup import mini_finetune_steps, prepare, work_model_like
+from utils.regrowth.search import RegrowthEnv
+from utils.regrowth.proxies import MiniFinetuneProxy
 from utils.runtime import Precision
 from utils.stats import correlations, mean_std
 from utils.training import clone_state

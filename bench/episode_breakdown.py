@@ -24,10 +24,10 @@ from models import model_loader  # noqa: E402
 from utils.checkpoints import model_from_checkpoint  # noqa: E402
 from utils.masks import add_masks, masked_modules  # noqa: E402
 from utils.pruners import PRUNERS  # noqa: E402
-from utils.regrowth import WeightRegrower  # noqa: E402
-from utils.regrowth_pipeline import FAST_PRESET  # noqa: E402
-from utils.regrowth_search import RegrowthEnv  # noqa: E402
-from utils.reward_proxies import MiniFinetuneProxy  # noqa: E402
+from utils.regrowth.weights import WeightRegrower  # noqa: E402
+from utils.regrowth.flags import FAST_PRESET  # noqa: E402
+from utils.regrowth.search import RegrowthEnv  # noqa: E402
+from utils.regrowth.proxies import MiniFinetuneProxy  # noqa: E402
 from utils.runtime import resolve_precision, to_device  # noqa: E402
 from utils.training import clone_state  # noqa: E402
 

@@ -3,7 +3,7 @@
 Draws --allocations allocations around the search's region: samples of an untrained controller (what
 an RL search explores first), then the one-allocation allocators (--include_allocators: uniform,
 proportional, greedy). Each is scored
-  * by every proxy (utils/reward_proxies.py), once per allocation as in a search:
+  * by every proxy (utils/regrowth/proxies.py), once per allocation as in a search:
       steps     --proxy_steps mini-finetune lengths x --proxy_schedules (x --proxy_seeds data orders);
       bn        --bn_batches BatchNorm re-estimations, each scored by accuracy and by loss, on
                 --bn_val_images validation images;
@@ -39,11 +39,12 @@ from utils.allocators import allocate  # noqa: E402
 from utils.controller import RegrowthAgent, sample_allocation  # noqa: E402
 from utils.errors import BridgeError  # noqa: E402
 from utils.records import append_jsonl, read_jsonl, write_json  # noqa: E402
-from utils.regrowth_kinds import UnstructuredKind  # noqa: E402
-from utils.regrowth_pipeline import FAST_PRESET, calibrated_reference, prepare, validate_search_args  # noqa: E402
-from utils.regrowth_pipeline import work_model_like  # noqa: E402
-from utils.regrowth_search import RegrowthEnv  # noqa: E402
-from utils.reward_proxies import (LR_SCHEDULES, BatchNormProxy, GradientProxy, MiniFinetuneProxy,  # noqa: E402
+from utils.regrowth.kinds import UnstructuredKind  # noqa: E402
+from utils.regrowth.flags import FAST_PRESET, validate_search_args  # noqa: E402
+from utils.regrowth.setup import calibrated_reference, prepare  # noqa: E402
+from utils.regrowth.setup import work_model_like  # noqa: E402
+from utils.regrowth.search import RegrowthEnv  # noqa: E402
+from utils.regrowth.proxies import (LR_SCHEDULES, BatchNormProxy, GradientProxy, MiniFinetuneProxy,  # noqa: E402
                                   SaliencyProxy)
 from utils.stats import bootstrap_spearman, correlations  # noqa: E402
 from utils.training import clone_state, evaluate  # noqa: E402

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from models import model_loader  # noqa: E402
 from utils.masks import add_masks, count_pruned_params  # noqa: E402
 from utils.pruners import PRUNERS  # noqa: E402
-from utils.regrowth import regrow_layer  # noqa: E402
+from utils.regrowth.weights import regrow_layer  # noqa: E402
 
 
 @torch.no_grad()
@@ -51,7 +51,7 @@ def main():
     print(f"vgg16: regrow {k:,} weights (1% of {total:,}) into {name} ({module.weight_mask.numel():,} weights, "
           f"{int((mask0 == 0).sum()):,} pruned), kaiming init")
     times = {}
-    for label, fn in (("vectorised (utils.regrowth.regrow_layer)", lambda g: regrow_layer(module, saliency, k,
+    for label, fn in (("vectorised (utils.regrowth.weights.regrow_layer)", lambda g: regrow_layer(module, saliency, k,
                                                                                            "kaiming", generator=g)),
                       ("per-index loop (published)", lambda g: per_index_regrow(module, saliency, k, g))):
         best = math.inf

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from utils import regrowth_kinds
+from utils.regrowth import kinds as regrowth_kinds
 from utils.cache import DiskCache, cache_key, compute_context
 from utils.runtime import Precision
 

@@ -21,7 +21,7 @@ from utils.compute import (ComputeLedger, MacCounter, flops_total, format_mean_f
 from utils.masks import add_masks, masked_modules
 from utils.metrics import model_cost
 from utils.records import read_jsonl
-from utils.regrowth_kinds import random_selection_generator
+from utils.regrowth.kinds import random_selection_generator
 from utils.stats import bootstrap_mean_difference, compare_groups
 
 DATA = ["--dataset", "digits", "--m_name", "resnet20", "--train_limit", "256", "--batch_size", "64",
@@ -311,7 +311,7 @@ def test_report_arms_bad_input_is_one_line(work, tmp_path):
 def test_filter_regrowth_refuses_a_weight_selection():
     import regrowth_structure_oneshot
     from utils.errors import BridgeError
-    from utils.regrowth_pipeline import validate_search_args
+    from utils.regrowth.flags import validate_search_args
 
     args = regrowth_structure_oneshot.get_args_parser().parse_args(
         ["--m_name", "resnet20", "--initial_ckpt", "unused.pth", "--selection", "magnitude"])

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from utils.controller import RegrowthAgent, sample_allocation
 from utils.masks import add_masks, masked_modules
 from utils.pruning_curve import PruningCurve
-from utils.regrowth_pipeline import cosine_with_warmup, restrict_to_regrown
+from utils.regrowth.final_finetune import cosine_with_warmup, restrict_to_regrown
 
 
 def test_pruning_curve_interpolates_linearly_and_clamps_outside():

@@ -8,7 +8,7 @@ from models import model_loader
 from utils.errors import UnknownChoiceError
 from utils.masks import add_masks, count_pruned_params, effective_weight, masked_modules
 from utils.pruners import PRUNERS
-from utils.regrowth import (apply_allocation, canonical_init, dense_reference_weights, fan_in_out, layer_capacities,
+from utils.regrowth.weights import (apply_allocation, canonical_init, dense_reference_weights, fan_in_out, layer_capacities,
                             regrow_layer)
 
 
@@ -96,9 +96,9 @@ def test_episode_lr_schedule(schedule, monkeypatch):
     """The mini-finetune keeps the published constant lr, or anneals it to 0 over exactly its steps."""
     import torch.nn as nn
 
-    import utils.reward_proxies as proxies
-    from utils.regrowth import WeightRegrower
-    from utils.regrowth_search import RegrowthEnv
+    import utils.regrowth.proxies as proxies
+    from utils.regrowth.weights import WeightRegrower
+    from utils.regrowth.search import RegrowthEnv
 
     torch.manual_seed(0)
     model = add_masks(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)))
@@ -136,9 +136,9 @@ def test_reward_repeats_average_runs_with_consecutive_seeds():
     same regrown state, and keeps the first run's finetuned state."""
     import torch.nn as nn
 
-    from utils.regrowth import WeightRegrower
-    from utils.regrowth_search import RegrowthEnv
-    from utils.reward_proxies import MiniFinetuneProxy
+    from utils.regrowth.weights import WeightRegrower
+    from utils.regrowth.search import RegrowthEnv
+    from utils.regrowth.proxies import MiniFinetuneProxy
     from utils.runtime import Precision
     from utils.training import clone_state
 

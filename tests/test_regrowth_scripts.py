@@ -13,7 +13,7 @@ from utils import cli
 from utils.checkpoints import model_from_checkpoint
 from utils.pruning_curve import load_pruning_curve
 from utils.records import read_jsonl
-from utils.regrowth_search import RegrowthEnv
+from utils.regrowth.search import RegrowthEnv
 
 DATA = ["--dataset", "digits", "--m_name", "resnet20", "--train_limit", "256", "--batch_size", "64"]
 
@@ -266,7 +266,7 @@ def test_evaluation_script_on_a_folder(pipeline, tmp_path):
 @pytest.mark.parametrize("module", [regrowth_oneshot, regrowth_iterative])
 def test_fast_preset_fills_only_what_is_not_given(module):
     """--fast sets the proxy settings where they are missing; explicit values and the defaults stay."""
-    from utils.regrowth_pipeline import FAST_PRESET, validate_search_args
+    from utils.regrowth.flags import FAST_PRESET, validate_search_args
 
     plain = module.get_args_parser().parse_args([])
     validate_search_args(plain)

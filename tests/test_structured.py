@@ -9,7 +9,7 @@ from utils.compact import check_equivalence, export_compact, load_compact, save_
 from utils.masks import count_pruned_params
 from utils.structured import add_structured_masks, alive_channels, channel_groups, channel_sparsity, filter_counts, set_channels
 from utils.structured_importance import prune_channels
-from utils.structured_regrowth import FilterRegrower, group_capacities, restore_channels
+from utils.regrowth.filters import FilterRegrower, group_capacities, restore_channels
 
 
 def _randomise_bn(model):

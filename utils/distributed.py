@@ -3,7 +3,7 @@
 Under torchrun (WORLD_SIZE > 1) `init()` joins the process group (NCCL when every process on a node
 has its own GPU, gloo otherwise); each process uses GPU LOCAL_RANK, so `--device cuda:N` is refused
 there. Regrowth searches then evaluate the episodes of one policy update on different processes
-(utils/regrowth_search.py); pretraining and finetuning wrap the model in DistributedDataParallel with
+(utils/regrowth/search.py); pretraining and finetuning wrap the model in DistributedDataParallel with
 each process reading its own shard of every batch order. Only the main process (rank 0) writes files
 and logs.
 """

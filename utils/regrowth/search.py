@@ -2,7 +2,7 @@
 
 `RegrowthEnv` turns an allocation into a reward: it loads the sparse starting state into one
 preallocated working model (no deep copies), regrows by saliency, has a reward proxy score the regrown
-model (utils/reward_proxies.py: the published mini-finetune `steps`, BatchNorm re-estimation `bn`, or
+model (utils/regrowth/proxies.py: the published mini-finetune `steps`, BatchNorm re-estimation `bn`, or
 the training-free `saliency` share) and rewards
 
     acc metric:       reward = (proxy val acc - reference acc) / 100 + budget_bonus * usage
@@ -35,7 +35,7 @@ from utils.controller import sample_allocation
 from utils.errors import BridgeError
 from utils.progress import bar, log
 from utils.records import append_jsonl, read_jsonl, write_jsonl
-from utils.reward_proxies import RewardProxy
+from utils.regrowth.proxies import RewardProxy
 from utils.runtime import rng_state, set_rng_state
 from utils.training import evaluate
 
@@ -73,7 +73,7 @@ class RegrowthEnv:
     def __init__(self, work_model, start_state, regrower, train_loader, val_loader, device, precision, proxy,
                  reference_fn, budget_bonus, total_weights, seed, keep_states=True, macs=None):
         if not isinstance(proxy, RewardProxy):
-            raise BridgeError(f"a RegrowthEnv needs a reward proxy (utils/reward_proxies.py), got {proxy!r}")
+            raise BridgeError(f"a RegrowthEnv needs a reward proxy (utils/regrowth/proxies.py), got {proxy!r}")
         self.model, self.start_state, self.regrower = work_model, start_state, regrower
         self.train_loader, self.val_loader = train_loader, val_loader
         self.device, self.precision, self.proxy = device, precision, proxy

@@ -16,7 +16,7 @@ in every coupled conv. Per group:
 import torch
 
 from utils.errors import UnknownChoiceError
-from utils.regrowth import fan_in_out
+from utils.regrowth.weights import fan_in_out
 from utils.saliency import weight_saliency
 from utils.structured import alive_channels, channel_sparsity, set_channels
 

@@ -2,7 +2,7 @@
 
 A *kind* turns a sparse model into a search space (units in priority order, their SSIM, capacity and
 granularity) and builds the regrower that restores an allocation. The search, rewards, outputs and
-finetuning (utils/regrowth_pipeline.py) are the same for both kinds.
+finetuning (utils/regrowth/) are the same for both kinds.
 
 * UnstructuredKind: a unit is a masked Conv2d/Linear layer; capacity = its pruned weights; saliency
   (dL/dθ)²·θ² per weight, computed on the dense model for the layers a search needs (cached).
@@ -23,11 +23,11 @@ from utils.errors import BridgeError, UnknownChoiceError
 from utils.features import format_ssim_table, layer_ssim, select_search_space
 from utils.masks import count_pruned_params, model_sparsity
 from utils.progress import log
-from utils.regrowth import WeightRegrower, dense_reference_weights, layer_capacities
+from utils.regrowth.filters import FilterRegrower, group_capacities, group_saliency, group_ssim
+from utils.regrowth.weights import WeightRegrower, dense_reference_weights, layer_capacities
 from utils.runtime import Precision
 from utils.saliency import layer_mean_saliency, weight_gradient, weight_saliency
 from utils.structured import channel_groups, channel_sparsity, filter_counts
-from utils.structured_regrowth import FilterRegrower, group_capacities, group_saliency, group_ssim
 
 
 def random_selection_generator(seed, layer):

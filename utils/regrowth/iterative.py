@@ -1,0 +1,179 @@
+"""Iterative regrowth, the stage behind regrowth_iterative.py and regrowth_structure_iterative.py: per
+iteration, the one-shot search with a budget searched too and a reward against the pruning curve; the best
+episode's mini-finetuned model starts the next iteration."""
+import glob
+import os
+import time
+
+import torch
+
+from utils import cli
+from utils import distributed as dist
+from utils.checkpoints import jsonable, load_checkpoint, load_state_into
+from utils.compute import ComputeLedger
+from utils.errors import BridgeError
+from utils.plots import plot_accuracy_vs_sparsity
+from utils.progress import log
+from utils.pruning_curve import load_pruning_curve
+from utils.records import WandbLog, append_jsonl, read_jsonl, write_json, write_jsonl
+from utils.regrowth.final_finetune import final_finetune, final_finetune_steps, regrown_since, weight_masks
+from utils.regrowth.outputs import save_model, write_search_outputs
+from utils.regrowth.search import RegrowthEnv, ensure_best_states, run_search, search_flops
+from utils.regrowth.setup import (search_config, calibrated_reference, make_reinforce, mini_finetune_steps, prepare,
+                                  reward_proxy, work_model_like)
+from utils.training import clone_state, evaluate
+
+
+def completed_iterations(run_dir):
+    done = {}
+    for path in glob.glob(os.path.join(run_dir, "iter_*", "best_grown_model.pth")):
+        try:
+            done[int(os.path.basename(os.path.dirname(path)).split("_")[1])] = path
+        except ValueError:
+            continue
+    return done
+
+
+def run_iterative(args, kind_cls, *, baseline_dir, run_dir, script, rl_options):
+    """Several regrowth steps, each rewarded against the pruning curve in `baseline_dir`."""
+    cli.check_fraction("--target_sparsity", args.target_sparsity)
+    for name in ("min_budget_frac", "max_budget_frac"):
+        cli.check_fraction(f"--{name}", getattr(args, name), low_inclusive=False)
+    if args.min_budget_frac > args.max_budget_frac or args.budget_space_size < 1:
+        raise BridgeError("need --min_budget_frac <= --max_budget_frac and --budget_space_size >= 1")
+    if args.reward_proxy in ("saliency", "gradient") or args.reward_metric == "loss":
+        raise BridgeError("the iterative search chooses the budget too, and only an accuracy set against the pruning "
+                          "curve keeps a larger budget from always winning: use --reward_metric acc with "
+                          "--reward_proxy steps or bn")
+    curve = load_pruning_curve(baseline_dir)
+    sparse_path = args.initial_ckpt or curve.sources[-1]
+    cli.print_args(args, script)
+    cli.check_writable(run_dir)
+    log(curve.describe() + f" from {baseline_dir}")
+    t_run = time.perf_counter()
+    setup, current, _ = prepare(args, sparse_path)
+    start_masks = weight_masks(current)  # what every iteration's regrowth is measured from
+    kind = kind_cls(setup)
+    iter_log = os.path.join(run_dir, "iterations.jsonl")
+    steps = mini_finetune_steps(args, len(setup.data.train))
+    budget_options = torch.linspace(args.min_budget_frac, args.max_budget_frac, args.budget_space_size).tolist()
+
+    start_iter, done = 0, completed_iterations(run_dir)
+    if args.resume_iter is not None:
+        start_iter = args.resume_iter
+    elif args.resume:
+        while start_iter in done:
+            start_iter += 1
+    elif done:
+        log(f"note: {run_dir} holds earlier iterations; they are overwritten (use --resume to continue them)")
+    if start_iter > 0:
+        prev = done.get(start_iter - 1)
+        if prev is None:
+            raise BridgeError(f"cannot start at iteration {start_iter}: {run_dir}/iter_{start_iter - 1}/"
+                              "best_grown_model.pth does not exist")
+        prev_ckpt = load_checkpoint(prev)
+        load_state_into(current, {k: v.to(setup.device) for k, v in prev_ckpt["state_dict"].items()})
+        setup.compute = ComputeLedger.starting_from(prev_ckpt, prev)  # its FLOPs include every earlier iteration's
+        log(f"continuing after iteration {start_iter - 1}: {prev}")
+    rows = [r for r in read_jsonl(iter_log) if r["iteration"] < start_iter]
+    if start_iter == 0:
+        sp0 = kind.sparsity(current)
+        v0, _ = evaluate(current, setup.data.val, setup.device, setup.precision)
+        t0, _ = evaluate(current, setup.data.test, setup.device, setup.precision)
+        rows = [{"iteration": -1, "sparsity": sp0, "val_acc": v0, "test_acc": t0, "baseline_val_acc": curve(sp0),
+                 "path": sparse_path}]
+    write_jsonl(iter_log, rows)
+    wandb = WandbLog(args.wandb, "bridge_" + kind.stage_prefix + "_iterative",
+                     f"{args.m_name}_{args.start_sparsity or 'start'}", vars(args))
+    work = work_model_like(setup, current.state_dict())
+
+    for it in range(start_iter, args.num_iters):
+        sp = kind.sparsity(current)
+        if sp <= args.target_sparsity + 1e-3:
+            log(f"sparsity {sp:.4f} reached the target {args.target_sparsity}")
+            break
+        cur_val, _ = evaluate(current, setup.data.val, setup.device, setup.precision)
+        log(f"==== iteration {it}: {kind.describe(current)} | val {cur_val:.2f} | pruning curve there "
+            f"{curve(sp):.2f} (gap {cur_val - curve(sp):+.2f} pp)")
+        space = kind.search_space(current)
+        if sum(space.capacities.values()) == 0:
+            log("everything pruned in the search space is restored; stopping")
+            break
+        reference = calibrated_reference(setup, current, curve, cur_val)
+        env = RegrowthEnv(work, clone_state(current), kind.regrower(space, current), setup.reward_train,
+                          setup.reward_val, setup.device, setup.precision, reward_proxy(args, steps), reference,
+                          args.budget_bonus, kind.total(), args.seed + it, macs=setup.macs)
+        reinforce = (make_reinforce(args, args.alloc_space_size, args.budget_space_size, rl_options["advantage"],
+                                    rl_options["clip"]) if args.allocator == "rl" else None)
+        cfg = search_config(args, space, budget_options=budget_options, position="iterative",
+                             guard=kind.guard_layer(space),
+                             top_up=kind.top_up_order(space, current) if rl_options.get("top_up") else None)
+        cfg.seed = args.seed + it
+        it_dir = os.path.join(run_dir, f"iter_{it}")
+        resume_search = args.resume and os.path.isfile(os.path.join(it_dir, "search_state.pth"))
+        t_it = time.perf_counter()
+        outcome = run_search(env, space.names, space.ssim, space.capacities, cfg, reinforce, it_dir, resume_search,
+                             on_episode=lambda e, r: wandb.log({"iteration": it, "episode": e + 1, "reward": r.reward}),
+                             tag=f"iter {it} {args.allocator}")
+        setup.compute.add("search", search_flops(outcome.rows))
+        best = ensure_best_states(env, outcome)
+        load_state_into(current, {k: v.to(setup.device) for k, v in best.post_state.items()})
+        new_sp = kind.sparsity(current)
+        val_acc, _ = evaluate(current, setup.data.val, setup.device, setup.precision)
+        test_acc, _ = evaluate(current, setup.data.test, setup.device, setup.precision)
+        path = save_model(os.path.join(it_dir, "best_grown_model.pth"), current, setup,
+                          f"{kind.stage_prefix}_iterative_iter",
+                          {"val_acc": val_acc, "test_acc": test_acc, "baseline_val_acc": curve(new_sp)}, kind,
+                          iteration=it, allocation=best.allocation, reward=best.reward,
+                          budget_frac=outcome.best_row().get("budget_frac"))
+        write_search_outputs(it_dir, outcome.rows, space, best.allocation,
+                             f"{args.m_name} iteration {it} ({args.allocator})")
+        row = {"iteration": it, "sparsity": new_sp, "val_acc": val_acc, "test_acc": test_acc,
+               "baseline_val_acc": curve(new_sp), "delta_baseline_pp": val_acc - curve(new_sp),
+               "regrown": best.regrown, "best_reward": best.reward, "episodes": outcome.episodes,
+               "stop_reason": outcome.stop_reason, "search_units": len(space.names),
+               "seconds": time.perf_counter() - t_it, "allocation": best.allocation, "path": path}
+        append_jsonl(iter_log, row)
+        rows.append(row)
+        log(f"==== iteration {it} done: sparsity {sp:.4f} -> {new_sp:.4f} | val {val_acc:.2f} (curve "
+            f"{curve(new_sp):.2f}, {val_acc - curve(new_sp):+.2f} pp) | test {test_acc:.2f} | {row['seconds']:.0f} s "
+            f"| {path}")
+        if new_sp <= args.target_sparsity + 1e-3:
+            log(f"target sparsity {args.target_sparsity} reached")
+            break
+
+    final_val, final_test = rows[-1]["val_acc"], rows[-1]["test_acc"]
+    final_path = None
+    ft_steps = final_finetune_steps(args, len(setup.data.train))
+    if ft_steps:
+        regrown = regrown_since(start_masks, current)  # union of all iterations' regrown weights
+        final_val, final_test, _ = final_finetune(setup, current, regrown, ft_steps,
+                                                  evals_path=os.path.join(run_dir, "final_finetune_evals.jsonl"))
+        final_path = save_model(os.path.join(run_dir, "final_finetuned.pth"), current, setup,
+                                f"{kind.stage_prefix}_iterative_final", {"val_acc": final_val, "test_acc": final_test},
+                                kind)
+    final_sp = kind.sparsity(current)
+    summary = {"model": args.m_name, "kind": kind.unit_label, "start_ckpt": sparse_path, "baseline_dir": baseline_dir,
+               "iterations": rows, "final_sparsity": final_sp, "final_val_acc": final_val, "final_test_acc": final_test,
+               "final_checkpoint": final_path, "mini_finetune_steps": steps, "final_finetune_steps": ft_steps,
+               "training_flops": setup.compute.record(),
+               "run_seconds": time.perf_counter() - t_run, "final_description": kind.describe(current),
+               "seed": args.seed, "args": jsonable(args)}
+    write_json(os.path.join(run_dir, "summary.json"), summary)
+    with open(os.path.join(run_dir, "search_summary.txt") if dist.is_main() else os.devnull, "w") as fh:
+        fh.write(f"model: {args.m_name}\nstart: {sparse_path}\npruning curve: {baseline_dir} ({curve.metric})\n")
+        fh.write(f"{'iter':>4} {'sparsity':>9} {'val acc':>8} {'curve':>8} {'delta pp':>9} {'test acc':>9}\n")
+        for r in rows:
+            fh.write(f"{r['iteration']:>4} {r['sparsity']:>9.4f} {r['val_acc']:>8.2f} {r['baseline_val_acc']:>8.2f} "
+                     f"{r['val_acc'] - r['baseline_val_acc']:>+9.2f} {r['test_acc']:>9.2f}\n")
+        fh.write(f"final: sparsity {final_sp:.4f}, val {final_val:.2f}, test {final_test:.2f}\n")
+    png = plot_accuracy_vs_sparsity({"pruning curve (val)": curve.points},
+                                    os.path.join(run_dir, "trajectory.png"),
+                                    f"{args.m_name} iterative {kind.unit_label} regrowth",
+                                    points={"regrowth iterations (val)": [(r["sparsity"], r["val_acc"]) for r in rows]},
+                                    arrows=[((a["sparsity"], a["val_acc"]), (b["sparsity"], b["val_acc"]))
+                                            for a, b in zip(rows, rows[1:])])
+    wandb.finish()
+    log(f"final: sparsity {final_sp:.4f} | val {final_val:.2f} | test {final_test:.2f}")
+    log(f"wrote {run_dir}/iter_*/best_grown_model.pth, {os.path.join(run_dir, 'search_summary.txt')}, {png}")
+    return summary
