@@ -26,9 +26,9 @@ from utils import cli, paths
 from utils.boundary import STORAGE, DeviceLimits, find_knees, regrowth_room, storage_bytes
 from utils.checkpoints import checkpoint_metrics, load_checkpoint, model_from_checkpoint
 from utils.compact import export_compact, latency_ms
+from utils.costs import layer_costs, model_cost
 from utils.errors import BridgeError
 from utils.masks import count_pruned_params
-from utils.metrics import layer_costs, model_cost
 from utils.plots import plot_knees
 from utils.progress import log
 from utils.records import write_csv, write_json

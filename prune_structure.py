@@ -25,9 +25,9 @@ from models import MODEL_NAMES, canonical_model_name, model_loader, model_spec
 from utils import cli
 from utils.checkpoints import model_from_checkpoint
 from utils.compact import check_equivalence, export_compact, save_compact
+from utils.costs import model_cost
 from utils.errors import BridgeError
 from utils.masks import model_sparsity
-from utils.metrics import model_cost
 from utils.progress import log
 from utils.pruning_run import PruningPlan, add_finetune_args, run_pruning
 from utils.structured import SCOPES, add_structured_masks, channel_groups, channel_sparsity

@@ -18,19 +18,19 @@ import time
 
 from models import MODEL_NAMES, canonical_model_name
 from utils import cli, paths
-from utils.errors import BridgeError
 from utils.cache import default_cache_dir
-from utils.features import layer_ssim
+from utils.errors import BridgeError
 from utils.plots import plot_bars, plot_ssim_gain
 from utils.progress import log
 from utils.records import write_csv, write_json
+from utils.regrowth.kinds import UnstructuredKind
+from utils.regrowth.proxies import MiniFinetuneProxy
+from utils.regrowth.env import RegrowthEnv
+from utils.regrowth.setup import mini_finetune_steps, prepare, work_model_like
 from utils.regrowth.weights import (INIT_ALIASES, INIT_STRATEGIES, WeightRegrower, canonical_init, dense_reference_weights,
                             layer_capacities)
-from utils.regrowth.kinds import UnstructuredKind
-from utils.regrowth.setup import mini_finetune_steps, prepare, work_model_like
-from utils.regrowth.search import RegrowthEnv
-from utils.regrowth.proxies import MiniFinetuneProxy
 from utils.runtime import Precision
+from utils.ssim import layer_ssim
 from utils.stats import correlations, mean_std
 from utils.training import clone_state
 

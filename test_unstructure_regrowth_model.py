@@ -19,14 +19,14 @@ from utils import cli, paths
 from utils.checkpoints import COMPACT_FORMAT, load_checkpoint, model_from_checkpoint
 from utils.compact import export_compact, load_compact
 from utils.conversion import convert_checkpoints
+from utils.costs import model_cost
 from utils.errors import BridgeError
 from utils.masks import format_layer_table, layer_table, model_sparsity
-from utils.metrics import model_cost
-from utils.structured import filter_counts, is_structured_model
 from utils.plots import plot_accuracy_vs_sparsity
 from utils.progress import log
 from utils.records import write_csv
 from utils.runtime import resolve_device, resolve_precision, set_seed, to_device
+from utils.structured import filter_counts, is_structured_model
 from utils.training import evaluate
 
 SKIP_STAGES = ("pretrain_state", "search_state")

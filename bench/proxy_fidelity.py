@@ -43,7 +43,7 @@ from utils.regrowth.kinds import UnstructuredKind  # noqa: E402
 from utils.regrowth.flags import FAST_PRESET, validate_search_args  # noqa: E402
 from utils.regrowth.setup import calibrated_reference, prepare  # noqa: E402
 from utils.regrowth.setup import work_model_like  # noqa: E402
-from utils.regrowth.search import RegrowthEnv  # noqa: E402
+from utils.regrowth.env import RegrowthEnv  # noqa: E402
 from utils.regrowth.proxies import (LR_SCHEDULES, BatchNormProxy, GradientProxy, MiniFinetuneProxy,  # noqa: E402
                                   SaliencyProxy)
 from utils.stats import bootstrap_spearman, correlations  # noqa: E402

@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from models import model_loader, model_spec  # noqa: E402
 from utils.compact import check_equivalence, export_compact, latency_ms  # noqa: E402
-from utils.metrics import model_cost  # noqa: E402
+from utils.costs import model_cost  # noqa: E402
 from utils.structured import add_structured_masks, channel_sparsity  # noqa: E402
 from utils.structured_importance import prune_channels  # noqa: E402
 

@@ -4,7 +4,7 @@ The loops run the same model on the same in-memory batches, interleaved (plain, 
 --compile, plain, ...) so that machine drift hits all alike; the median images/s of each is reported
 with the ratio. The compiled loop's one-time compile (first steps) is timed and printed apart.
 The plain loop runs in a child process started with the interpreter's defaults, because the project's
-loop changes a process-wide setting (glibc keeps freed blocks: utils.runtime.keep_freed_host_memory);
+loop changes a process-wide setting (glibc keeps freed blocks: utils.host_memory.keep_freed_host_memory);
 `--plain_in_process` runs it in this process instead, with that setting, to show what it alone gives.
 `--accuracy_epochs N` also trains resnet20 for N epochs both ways on a CIFAR-10 subset (or digits)
 and prints the val accuracy each reaches, to show the fast path loses no accuracy.
@@ -29,8 +29,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from models import model_loader  # noqa: E402
 from utils.cpu_features import cpu_features  # noqa: E402
-from utils.runtime import (Precision, cpu_supports_bf16, keep_freed_host_memory, resolve_precision,  # noqa: E402
-                           set_seed, to_device)
+from utils.host_memory import keep_freed_host_memory  # noqa: E402
+from utils.runtime import Precision, cpu_supports_bf16, resolve_precision, set_seed, to_device  # noqa: E402
 from utils.training import train_one_epoch  # noqa: E402
 
 

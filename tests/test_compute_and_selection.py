@@ -18,8 +18,8 @@ from tests.conftest import prepare_work_dir, run_script
 from utils.checkpoints import load_checkpoint, model_from_checkpoint
 from utils.compute import (ComputeLedger, MacCounter, flops_total, format_mean_flops, images_in_batches,
                            pass_flops)
+from utils.costs import model_cost
 from utils.masks import add_masks, masked_modules
-from utils.metrics import model_cost
 from utils.records import read_jsonl
 from utils.regrowth.kinds import random_selection_generator
 from utils.stats import bootstrap_mean_difference, compare_groups

@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from utils.features import FeatureMapRecorder, layer_feature_maps
+from utils.ssim import FeatureMapRecorder, layer_feature_maps
 
 
 def _per_batch_copy_maps(model, batches, names):

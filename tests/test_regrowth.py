@@ -98,7 +98,7 @@ def test_episode_lr_schedule(schedule, monkeypatch):
 
     import utils.regrowth.proxies as proxies
     from utils.regrowth.weights import WeightRegrower
-    from utils.regrowth.search import RegrowthEnv
+    from utils.regrowth.env import RegrowthEnv
 
     torch.manual_seed(0)
     model = add_masks(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)))
@@ -137,7 +137,7 @@ def test_reward_repeats_average_runs_with_consecutive_seeds():
     import torch.nn as nn
 
     from utils.regrowth.weights import WeightRegrower
-    from utils.regrowth.search import RegrowthEnv
+    from utils.regrowth.env import RegrowthEnv
     from utils.regrowth.proxies import MiniFinetuneProxy
     from utils.runtime import Precision
     from utils.training import clone_state

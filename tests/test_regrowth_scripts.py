@@ -13,7 +13,7 @@ from utils import cli
 from utils.checkpoints import model_from_checkpoint
 from utils.pruning_curve import load_pruning_curve
 from utils.records import read_jsonl
-from utils.regrowth.search import RegrowthEnv
+from utils.regrowth.env import RegrowthEnv
 
 DATA = ["--dataset", "digits", "--m_name", "resnet20", "--train_limit", "256", "--batch_size", "64"]
 

@@ -9,7 +9,7 @@ from tests.conftest import TinyNet
 from utils.masks import add_masks, masked_modules
 from utils.pruners import PRUNERS
 from utils.regrowth.weights import WeightRegrower, dense_reference_weights
-from utils.regrowth.search import RegrowthEnv
+from utils.regrowth.env import RegrowthEnv
 from utils.regrowth.proxies import (BatchNormProxy, GradientProxy, MiniFinetuneProxy, SaliencyProxy,
                                   make_reward_proxy, recalibrate_batchnorm)
 from utils.runtime import Precision

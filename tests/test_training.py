@@ -136,7 +136,7 @@ _FAULTS_PROBE = r"""
 import json, resource, sys
 import torch
 sys.path.insert(0, sys.argv[1])
-import utils.runtime as runtime
+import utils.host_memory as host_memory
 from utils.training import train_one_epoch
 
 def faults_per_cycle(cycles=6, floats=16 << 20):  # a 64 MiB buffer allocated, touched and freed each cycle
@@ -151,7 +151,7 @@ default = faults_per_cycle()
 net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
 data = [(torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 0, 1]))]
 train_one_epoch(net, data, torch.optim.SGD(net.parameters(), lr=0.1), "cpu")
-print(json.dumps({"default": default, "kept": runtime._freed_memory_kept, "after": faults_per_cycle()}))
+print(json.dumps({"default": default, "kept": host_memory._freed_memory_kept, "after": faults_per_cycle()}))
 """
 
 

@@ -5,7 +5,7 @@
                       backward ~ 3 forwards; 1 for a forward-only pass)
 
 Non-zero MACs: the prunable layers (Conv2d / Linear) only, a weight counting while its mask keeps it
-(utils.metrics leaves BatchNorm, activations and pooling out: a few percent of a CNN).
+(utils.costs leaves BatchNorm, activations and pooling out: a few percent of a CNN).
 
 What a result records (`training_flops` in its checkpoint and summary) is everything spent after
 pretraining to produce it, from the dense checkpoint on: the FLOPs its own stage spent plus what its
@@ -18,8 +18,8 @@ Pretraining's own compute is recorded apart (`pretrain_flops` in the dense check
 import math
 from dataclasses import dataclass, field
 
+from utils.costs import output_positions
 from utils.masks import has_mask, prunable_modules
-from utils.metrics import output_positions
 
 FLOPS_PER_MAC = 2
 TRAINING_PASS = 3   # forward + backward, in forwards

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from utils.errors import BridgeError, NonFiniteLossError
 from utils.progress import bar, log
-from utils.runtime import Precision, keep_freed_host_memory
+from utils.host_memory import keep_freed_host_memory
+from utils.runtime import Precision
 
 _CHECK_EVERY = 25  # steps between host-side NaN checks (each check is a device sync)
 

@@ -3,10 +3,12 @@
     weights.py, filters.py   weight regrowth (saliency, init strategies) and filter (channel-group) regrowth
     kinds.py                 the unit of regrowth (weights / filters): capacities, SSIM, selection, restore
     proxies.py               how an episode scores an allocation (--reward_proxy)
-    search.py                the environment and the episode loop (allocate, regrow, score, update the policy)
+    env.py                   an episode: allocation in, regrown model scored, reward out
+    search.py                the episode loop (sample, evaluate over processes, update the policy, resume)
     flags.py, setup.py       the scripts' shared flags; what a run loads once and the search pieces
     final_finetune.py        the finetune after regrowth
-    oneshot.py, iterative.py the two regrowth stages; outputs.py what they write
+    outputs.py               checkpoints with their training FLOPs, search plots
+    oneshot.py, iterative.py the two regrowth stages
 
-Imports point down this list (a stage imports the pieces above it, never the reverse).
+A module imports only the ones listed before it.
 """

@@ -16,9 +16,10 @@ from utils.plots import plot_accuracy_vs_sparsity
 from utils.progress import log
 from utils.pruning_curve import load_pruning_curve
 from utils.records import WandbLog, append_jsonl, read_jsonl, write_json, write_jsonl
+from utils.regrowth.env import RegrowthEnv
 from utils.regrowth.final_finetune import final_finetune, final_finetune_steps, regrown_since, weight_masks
 from utils.regrowth.outputs import save_model, write_search_outputs
-from utils.regrowth.search import RegrowthEnv, ensure_best_states, run_search, search_flops
+from utils.regrowth.search import ensure_best_states, run_search, search_flops
 from utils.regrowth.setup import (search_config, calibrated_reference, make_reinforce, mini_finetune_steps, prepare,
                                   reward_proxy, work_model_like)
 from utils.training import clone_state, evaluate

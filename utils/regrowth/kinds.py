@@ -20,13 +20,13 @@ import torch
 from utils.cache import cache_key, compute_context, state_digest
 from utils.compute import images_in_batches
 from utils.errors import BridgeError, UnknownChoiceError
-from utils.features import format_ssim_table, layer_ssim, select_search_space
 from utils.masks import count_pruned_params, model_sparsity
 from utils.progress import log
 from utils.regrowth.filters import FilterRegrower, group_capacities, group_saliency, group_ssim
 from utils.regrowth.weights import WeightRegrower, dense_reference_weights, layer_capacities
 from utils.runtime import Precision
 from utils.saliency import layer_mean_saliency, weight_gradient, weight_saliency
+from utils.ssim import format_ssim_table, layer_ssim, select_search_space
 from utils.structured import channel_groups, channel_sparsity, filter_counts
 
 

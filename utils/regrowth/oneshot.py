@@ -15,9 +15,10 @@ from utils.checkpoints import jsonable
 from utils.errors import BridgeError
 from utils.progress import log
 from utils.records import WandbLog, write_json
+from utils.regrowth.env import RegrowthEnv
 from utils.regrowth.final_finetune import final_finetune, final_finetune_steps
 from utils.regrowth.outputs import save_model, write_search_outputs
-from utils.regrowth.search import RegrowthEnv, run_search, search_flops
+from utils.regrowth.search import run_search, search_flops
 from utils.regrowth.setup import (search_config, calibrated_reference, make_reinforce, mini_finetune_steps, prepare,
                                   reward_proxy, work_model_like)
 from utils.stats import first_vs_last

@@ -17,7 +17,7 @@
               (unstructured only). Cost: none per episode.
 
 The metric (`acc` or `loss`) says which number of the evaluation the reward uses; `saliency` and `gradient`
-score a restored share. Rewards (utils/regrowth_search.RegrowthEnv): acc (val acc - reference acc) / 100,
+score a restored share. Rewards (utils/regrowth/env.py RegrowthEnv): acc (val acc - reference acc) / 100,
 loss reference loss - val loss, share the restored share; each + budget_bonus * usage. bench/proxy_fidelity.py measures how
 well each proxy ranks allocations against long finetunes (README "Speed").
 """

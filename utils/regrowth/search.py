@@ -1,6 +1,6 @@
 """The regrowth search: evaluate allocations (episodes) and learn which one to keep.
 
-`RegrowthEnv` turns an allocation into a reward: it loads the sparse starting state into one
+`RegrowthEnv` (utils/regrowth/env.py) turns an allocation into a reward: it loads the sparse starting state into one
 preallocated working model (no deep copies), regrows by saliency, has a reward proxy score the regrown
 model (utils/regrowth/proxies.py: the published mini-finetune `steps`, BatchNorm re-estimation `bn`, or
 the training-free `saliency` share) and rewards
@@ -16,7 +16,8 @@ images, and usage = regrown / budget.
 `run_search` drives the episodes for any allocator: the RL controller (REINFORCE updates, early
 stopping), `random` (random search over the same number of episodes) or a deterministic allocator
 (one episode). It logs one JSON row per episode, keeps the best episode's states, and writes a
-resumable state file after every episode so `--resume` continues exactly where a run stopped.
+resumable state file after every episode so `--resume` continues exactly where a run stopped
+(`SearchFiles`, `SearchProgress`; the batch's episodes spread over processes by `evaluate_batch`).
 Every episode uses the same mini-finetune data order and seeds (so rewards differ by allocation,
 not by luck of the batch order), and its random init draws come from (seed, episode).
 """
@@ -30,103 +31,12 @@ import torch
 from utils import distributed as dist
 from utils.allocators import allocate
 from utils.checkpoints import FORMAT, atomic_torch_save, load_state_file
-from utils.compute import pass_flops
 from utils.controller import sample_allocation
 from utils.errors import BridgeError
 from utils.progress import bar, log
 from utils.records import append_jsonl, read_jsonl, write_jsonl
-from utils.regrowth.proxies import RewardProxy
+from utils.regrowth.env import EpisodeResult, cpu_clone
 from utils.runtime import rng_state, set_rng_state
-from utils.training import evaluate
-
-
-@dataclass
-class EpisodeResult:
-    reward: float
-    val_acc: float
-    reference_acc: float
-    sparsity: float
-    regrown: int
-    usage: float
-    allocation: dict
-    timings: dict = field(default_factory=dict)
-    pre_state: dict = None    # regrown, before the mini-finetune (CPU)
-    post_state: dict = None   # after the proxy: the mini-finetune's best validation epoch (CPU)
-    val_loss: float = math.nan        # the proxy's validation loss (nan where it measures none)
-    reference_loss: float = math.nan  # the loss metric's reference
-    restored_share: float = math.nan  # the saliency / gradient proxies' score
-    flops: float = 0.0                # training FLOPs the proxy spent on this episode (utils.compute)
-
-
-def cpu_clone(state):
-    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
-
-
-def init_generator(seed, episode):
-    """Generator for the random init draws of one episode (kaiming / xavier)."""
-    return torch.Generator().manual_seed(int(seed) * 100_003 + int(episode))
-
-
-class RegrowthEnv:
-    """Scores allocations on a preallocated working model (see module docstring)."""
-
-    def __init__(self, work_model, start_state, regrower, train_loader, val_loader, device, precision, proxy,
-                 reference_fn, budget_bonus, total_weights, seed, keep_states=True, macs=None):
-        if not isinstance(proxy, RewardProxy):
-            raise BridgeError(f"a RegrowthEnv needs a reward proxy (utils/regrowth/proxies.py), got {proxy!r}")
-        self.model, self.start_state, self.regrower = work_model, start_state, regrower
-        self.train_loader, self.val_loader = train_loader, val_loader
-        self.device, self.precision, self.proxy = device, precision, proxy
-        self.reference_fn, self.budget_bonus = reference_fn, budget_bonus
-        self.total_weights, self.seed, self.keep_states = total_weights, seed, keep_states
-        self.macs = macs  # utils.compute.MacCounter: what an episode's passes cost (None: not counted)
-        self._reference_loss = None
-
-    def reset(self):
-        self.model.load_state_dict(self.start_state)
-
-    def regrow(self, allocation, episode):
-        """Start state + regrowth of `allocation` in the working model; returns ({unit: indices}, count)."""
-        self.reset()
-        return self.regrower.apply(self.model, allocation, init_generator(self.seed, episode))
-
-    def reference_loss(self):
-        """The loss metric's reference: the start model's loss on the reward validation images (once)."""
-        if self._reference_loss is None:
-            self.reset()
-            self._reference_loss = evaluate(self.model, self.val_loader, self.device, self.precision)[1]
-        return self._reference_loss
-
-    def evaluate(self, allocation, budget, episode):
-        """Regrow `allocation`, let the proxy score it and compute the reward. pre_state is the regrown
-        model, post_state what the proxy left (the first mini-finetune's best state; for bn the regrown
-        weights with re-estimated BatchNorm statistics)."""
-        ref_loss = self.reference_loss() if self.proxy.metric == "loss" else math.nan
-        t0 = time.perf_counter()
-        idx, regrown = self.regrow(allocation, episode)
-        pre = cpu_clone(self.model.state_dict()) if self.keep_states else None
-        t1 = time.perf_counter()
-        score = self.proxy.score(self, idx, episode)
-        post = cpu_clone(self.model.state_dict()) if self.keep_states else None
-        sparsity = self.regrower.sparsity(self.model)
-        flops = 0.0
-        if self.macs is not None and (score.train_images or score.forward_images):
-            macs = self.macs(self.model)  # the regrown model's mask: what its passes multiply
-            flops = pass_flops(macs, score.train_images, True) + pass_flops(macs, score.forward_images, False)
-        ref = self.reference_fn(sparsity)
-        usage = regrown / max(budget, 1)
-        if self.proxy.metric == "acc":
-            gain = (score.val_acc - ref) / 100.0
-        elif self.proxy.metric == "loss":
-            gain = ref_loss - score.val_loss
-        else:
-            gain = score.restored_share
-        reward = gain + self.budget_bonus * usage
-        timings = {"regrow_s": t1 - t0, **score.timings, "proxy_s": time.perf_counter() - t1,
-                   "episode_s": time.perf_counter() - t0}
-        return EpisodeResult(reward, score.val_acc, ref, sparsity, regrown, usage, dict(allocation), timings, pre, post,
-                             val_loss=score.val_loss, reference_loss=ref_loss, restored_share=score.restored_share,
-                             flops=flops)
 
 
 @dataclass
@@ -200,6 +110,99 @@ def _measured(result):
     return text
 
 
+@dataclass
+class SearchFiles:
+    """What a search writes in its folder: the resume state, the best episode's states, the episode log."""
+    state: str
+    best_states: str
+    log: str
+
+    @classmethod
+    def in_folder(cls, out_dir):
+        return cls(os.path.join(out_dir, "search_state.pth"), os.path.join(out_dir, "search_best_states.pth"),
+                   os.path.join(out_dir, "episodes.jsonl"))
+
+
+@dataclass
+class SearchProgress:
+    """Where a search stands: what --resume restores."""
+    next_episode: int = 0
+    best: EpisodeResult = None
+    best_episode: int = -1
+    best_owner: int = 0          # the process holding the best episode's states (torchrun)
+    rows: list = field(default_factory=list)
+    elapsed: float = 0.0         # seconds spent before this process started
+
+
+def restore_progress(files, cfg, names, policy_gen, reinforce, tag):
+    """The progress saved in `files` (policy generator, controller and RNG states restored in place)."""
+    st = load_state_file(files.state)
+    if st.get("allocator") != cfg.allocator or st.get("names") != list(names):
+        raise BridgeError(f"{files.state} belongs to a different search (allocator or search layers differ); "
+                          "remove it or drop --resume")
+    progress = SearchProgress(st["next_episode"], None, st["best_episode"], 0, [], st["elapsed"])
+    policy_gen.set_state(st["policy_generator"])
+    if reinforce is not None:
+        reinforce.load_state_dict(st["reinforce"])
+    if st.get("best") is not None:
+        progress.best = EpisodeResult(**st["best"])
+        stored = load_state_file(files.best_states) if os.path.isfile(files.best_states) else {}
+        if stored.get("episode") == progress.best_episode:  # else ensure_best_states() rebuilds them
+            progress.best.pre_state, progress.best.post_state = stored["pre_state"], stored["post_state"]
+    progress.rows = [r for r in read_jsonl(files.log) if r["episode"] <= progress.next_episode]
+    if dist.is_main():
+        write_jsonl(files.log, progress.rows)
+    set_rng_state(st["rng"])
+    best = progress.best
+    log(f"[{tag}] resumed at episode {progress.next_episode + 1} "
+        f"(best reward {best.reward if best else float('nan'):+.4f})")
+    return progress
+
+
+def save_progress(files, cfg, names, progress, policy_gen, reinforce, seconds):
+    best = progress.best
+    best_dict = {k: getattr(best, k) for k in best.__dataclass_fields__ if not k.endswith("_state")}
+    atomic_torch_save({"format": FORMAT, "stage": "search_state", "allocator": cfg.allocator,
+                       "names": list(names), "next_episode": progress.next_episode,
+                       "best_episode": progress.best_episode, "best": best_dict,
+                       "policy_generator": policy_gen.get_state(),
+                       "reinforce": reinforce.state_dict() if reinforce else None, "rng": rng_state(),
+                       "elapsed": seconds}, files.state)
+
+
+def evaluate_batch(env, drawn, batch):
+    """The batch's episodes spread over the processes (one each in turn); every process learns every result,
+    the states stay with the process that made them. Returns (results, owner process per result)."""
+    mine = {}
+    for i, ep in enumerate(batch):
+        if i % dist.world_size() == dist.rank():
+            mine[ep] = env.evaluate(drawn[i][0], drawn[i][1], ep)
+    shared = {}
+    for owner, part in enumerate(dist.all_gather_object(
+            {ep: {k: v for k, v in vars(r).items() if not k.endswith("_state")} for ep, r in mine.items()})):
+        for ep, fields in part.items():
+            shared[ep] = (owner, EpisodeResult(**fields))
+    return [mine.get(ep, shared[ep][1]) for ep in batch], [shared[ep][0] for ep in batch]
+
+
+def keep_if_best(env, progress, ep, result, owner, files, on_best):
+    """Make `result` the best so far if its reward is higher: its states rebuilt here if another process made
+    them, written to the best-states file, on_best called (main process)."""
+    if not (progress.best is None or result.reward > progress.best.reward):
+        return
+    progress.best, progress.best_episode, progress.best_owner = result, ep, owner
+    if not dist.is_main():
+        return
+    if result.pre_state is None and env.keep_states:  # made elsewhere: rebuild exactly
+        env.regrow(result.allocation, ep)
+        result.pre_state = cpu_clone(env.model.state_dict())
+    if files and env.keep_states:
+        atomic_torch_save({"episode": ep, "pre_state": result.pre_state, "post_state": result.post_state},
+                          files.best_states)
+    if on_best:
+        on_best(ep, result)
+
+
 def run_search(env, names, ssim, capacities, cfg, reinforce=None, out_dir=None, resume=False, on_best=None,
                on_episode=None, tag="search"):
     """Run the episodes (see module docstring). Returns a SearchOutcome.
@@ -212,101 +215,65 @@ def run_search(env, names, ssim, capacities, cfg, reinforce=None, out_dir=None, 
     on_episode(episode, result): called on the main process after every episode.
     """
     main = dist.is_main()
-    state_path = os.path.join(out_dir, "search_state.pth") if out_dir else None
-    best_path = os.path.join(out_dir, "search_best_states.pth") if out_dir else None
-    log_path = os.path.join(out_dir, "episodes.jsonl") if out_dir else None
+    files = SearchFiles.in_folder(out_dir) if out_dir else None
     policy_gen = torch.Generator().manual_seed(cfg.seed)
     deterministic = cfg.allocator not in ("rl", "random")
     num_episodes = 1 if deterministic else cfg.num_episodes
     per_update = max(1, int(cfg.episodes_per_update))
-    start, best, best_ep, best_owner, rows, elapsed = 0, None, -1, 0, [], 0.0
-    if resume and state_path and os.path.isfile(state_path):
-        st = load_state_file(state_path)
-        if st.get("allocator") != cfg.allocator or st.get("names") != list(names):
-            raise BridgeError(f"{state_path} belongs to a different search (allocator or search layers differ); "
-                              "remove it or drop --resume")
-        start, best_ep, elapsed = st["next_episode"], st["best_episode"], st["elapsed"]
-        policy_gen.set_state(st["policy_generator"])
-        if reinforce is not None:
-            reinforce.load_state_dict(st["reinforce"])
-        if st.get("best") is not None:
-            best = EpisodeResult(**st["best"])
-            stored = load_state_file(best_path) if os.path.isfile(best_path) else {}
-            if stored.get("episode") == best_ep:  # else ensure_best_states() rebuilds them
-                best.pre_state, best.post_state = stored["pre_state"], stored["post_state"]
-        rows = [r for r in read_jsonl(log_path) if r["episode"] <= start]
-        if main:
-            write_jsonl(log_path, rows)
-        set_rng_state(st["rng"])
-        log(f"[{tag}] resumed at episode {start + 1} (best reward {best.reward if best else float('nan'):+.4f})")
-    elif resume and state_path:
-        raise BridgeError(f"--resume: nothing to resume, {state_path} does not exist")
-    elif main and log_path and os.path.isfile(log_path):
-        os.remove(log_path)  # a fresh search starts a fresh log
+    if resume and files and os.path.isfile(files.state):
+        progress = restore_progress(files, cfg, names, policy_gen, reinforce, tag)
+    elif resume and files:
+        raise BridgeError(f"--resume: nothing to resume, {files.state} does not exist")
+    else:
+        progress = SearchProgress()
+        if main and files and os.path.isfile(files.log):
+            os.remove(files.log)  # a fresh search starts a fresh log
     dist.barrier()
 
     t_start = time.perf_counter()
     stop_reason = "episode limit reached"
-    progress = bar(total=num_episodes, initial=start, desc=tag, unit="episode", **({} if main else {"disable": True}))
-    e = start
+    episodes_bar = bar(total=num_episodes, initial=progress.next_episode, desc=tag, unit="episode",
+               **({} if main else {"disable": True}))
+    e = progress.next_episode
     while e < num_episodes:
         batch = list(range(e, min(e + per_update, num_episodes)))
         drawn = [_sample_one(env, names, ssim, capacities, cfg, reinforce, policy_gen) for _ in batch]
-        mine = {}
-        for i, ep in enumerate(batch):
-            if i % dist.world_size() == dist.rank():
-                mine[ep] = env.evaluate(drawn[i][0], drawn[i][1], ep)
-        # every process learns every result (states stay with the process that made them)
-        shared = {}
-        for owner, part in enumerate(dist.all_gather_object(
-                {ep: {k: v for k, v in vars(r).items() if not k.endswith("_state")} for ep, r in mine.items()})):
-            for ep, fields in part.items():
-                shared[ep] = (owner, EpisodeResult(**fields))
-        results = [mine.get(ep, shared[ep][1]) for ep in batch]
+        results, owners = evaluate_batch(env, drawn, batch)
         update = (reinforce.update([d[2] for d in drawn], [r.reward for r in results], e)
                   if cfg.allocator == "rl" else None)
         for i, (ep, result) in enumerate(zip(batch, results)):
-            if best is None or result.reward > best.reward:
-                best, best_ep, best_owner = result, ep, shared[ep][0]
-                if main and result.pre_state is None and env.keep_states:  # made elsewhere: rebuild exactly
-                    env.regrow(result.allocation, ep)
-                    result.pre_state = cpu_clone(env.model.state_dict())
-                if main and best_path and env.keep_states:
-                    atomic_torch_save({"episode": ep, "pre_state": result.pre_state, "post_state": result.post_state},
-                                      best_path)
-                if main and on_best:
-                    on_best(ep, result)
+            keep_if_best(env, progress, ep, result, owners[i], files, on_best)
             if main and on_episode:
                 on_episode(ep, result)
+            best = progress.best
             row = _row(ep, drawn[i][3], result, update, i)
             row["best_reward"] = best.reward
-            rows.append(row)
-            if main and log_path:
-                append_jsonl(log_path, row)
+            progress.rows.append(row)
+            if main and files:
+                append_jsonl(files.log, row)
             log(f"[{tag}] ep {ep + 1}/{num_episodes} | {_measured(result)} | used {result.regrown}/{drawn[i][1]} | "
-                f"reward {result.reward:+.4f} | best {best.reward:+.4f} (ep {best_ep + 1})"
+                f"reward {result.reward:+.4f} | best {best.reward:+.4f} (ep {progress.best_episode + 1})"
                 + (f" | H {update['entropy']:.3f} β {update['beta']:.3f}" if update else "")
                 + f" | {result.timings['episode_s']:.1f} s")
-        e = batch[-1] + 1
-        progress.update(len(batch))
-        if main and state_path:
-            best_dict = {k: getattr(best, k) for k in best.__dataclass_fields__ if not k.endswith("_state")}
-            atomic_torch_save({"format": FORMAT, "stage": "search_state", "allocator": cfg.allocator,
-                               "names": list(names), "next_episode": e, "best_episode": best_ep,
-                               "best": best_dict, "policy_generator": policy_gen.get_state(),
-                               "reinforce": reinforce.state_dict() if reinforce else None, "rng": rng_state(),
-                               "elapsed": elapsed + time.perf_counter() - t_start}, state_path)
+        e = progress.next_episode = batch[-1] + 1
+        episodes_bar.update(len(batch))
+        if main and files:
+            save_progress(files, cfg, names, progress, policy_gen, reinforce,
+                          progress.elapsed + time.perf_counter() - t_start)
         if reinforce is not None:
             reason = reinforce.stop_reason(e - 1)
             if reason:
                 stop_reason = reason
                 break
-    progress.close()
+    episodes_bar.close()
+    best = progress.best
     if best is None:
         raise BridgeError("the search ran no episode")
     if dist.is_distributed():  # every process continues from the best episode's states
-        best.pre_state, best.post_state = dist.broadcast_object((best.pre_state, best.post_state), src=best_owner)
-    return SearchOutcome(best, best_ep, e, stop_reason, elapsed + time.perf_counter() - t_start, rows)
+        best.pre_state, best.post_state = dist.broadcast_object((best.pre_state, best.post_state),
+                                                                src=progress.best_owner)
+    return SearchOutcome(best, progress.best_episode, e, stop_reason, progress.elapsed + time.perf_counter() - t_start,
+                         progress.rows)
 
 
 def ensure_best_states(env, outcome, budget=None):

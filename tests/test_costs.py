@@ -2,8 +2,8 @@
 import torch
 
 from models import model_loader
+from utils.costs import layer_costs, model_cost
 from utils.masks import add_masks
-from utils.metrics import layer_costs, model_cost
 from utils.pruners import PRUNERS
 
 

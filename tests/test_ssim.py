@@ -4,10 +4,10 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from utils.features import (FeatureMapRecorder, cosine_similarity, layer_feature_maps, layer_ssim, map_similarity,
-                            select_search_space, ssim_window)
 from utils.masks import add_masks
 from utils.pruners import PRUNERS
+from utils.ssim import (FeatureMapRecorder, cosine_similarity, layer_feature_maps, layer_ssim, map_similarity,
+                            select_search_space, ssim_window)
 
 
 @pytest.mark.parametrize("size,win", [(32, 7), (16, 7), (8, 7), (6, 5), (4, 3), (3, 3)])
