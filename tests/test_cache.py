@@ -40,7 +40,7 @@ def test_decoded_image_cache_matches_decoding_and_follows_file_changes(tmp_path,
 
     from torchvision.io import encode_jpeg
 
-    from data import data_loader
+    from data import readers as data_loader
 
     monkeypatch.setenv("BRIDGE_CACHE_DIR", str(tmp_path / "cache"))
     paths = []

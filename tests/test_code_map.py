@@ -6,8 +6,6 @@ import re
 
 from tests.conftest import ROOT
 
-# documented in the README: data/'s decode cache uses utils.cache (function-local)
-ALLOWED_UPWARD = {("data/data_loader.py", "utils/cache.py")}
 
 
 def code_map_rows():
@@ -75,6 +73,6 @@ def test_imports_point_down_the_code_map():
             if target is None or target.endswith("__init__.py") or target == f:
                 continue
             row = owner(rows, target)
-            if row is not None and row < me and (f, target) not in ALLOWED_UPWARD:
+            if row is not None and row < me:
                 upward.append(f"{f} (row {me}) imports {target} (row {row})")
     assert not upward, "\n".join(upward)

@@ -6,8 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from data.data_loader import (CIFAR10_CLASSES, SPECS, TensorLoader, augment_batch, data_loader, split_indices,
-                              torchvision_transforms)
+from data.data_loader import data_loader
+from data.readers import split_indices
+from data.specs import CIFAR10_CLASSES, SPECS
+from data.tensor_loader import TensorLoader, augment_batch
+from data.torch_loader import torchvision_transforms
 from utils.errors import DataNotFoundError, UnknownChoiceError
 
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import data.data_loader as dl
-from data.data_loader import SPECS, TensorLoader
+import data.tensor_loader as dl
+from data.specs import SPECS
+from data.tensor_loader import TensorLoader
 
 
 def _reference_epoch(images, labels, spec, batch_size, seed, epoch, shuffle=True, drop_last=False, rank=0, world=1):

@@ -14,6 +14,7 @@ import os
 
 import torch
 
+from utils.atomic_save import atomic_torch_save
 from utils.progress import log
 
 
@@ -118,8 +119,6 @@ class DiskCache:
         return os.path.join(self.folder, key + ".pth")
 
     def get_or_compute(self, key, compute, what="result"):
-        from utils.checkpoints import atomic_torch_save
-
         if self.folder:
             path = self.path(key)
             if os.path.isfile(path):

@@ -12,10 +12,10 @@ Accepted on load as well (published code): a raw reparametrised state_dict, the 
 """
 import argparse
 import os
-import tempfile
 
 import torch
 
+from utils.atomic_save import atomic_torch_save
 from utils.errors import CheckpointError
 from utils.masks import count_pruned_params, masked_layer_names, model_sparsity
 
@@ -41,33 +41,6 @@ def jsonable(obj):
 def cpu_state_dict(model):
     """The model's state_dict on the CPU, in the default (contiguous) memory layout."""
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-
-
-def atomic_torch_save(obj, path):
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
-
-    Under torchrun only the main process writes (the others return the path untouched).
-    """
-    path = os.fspath(path)
-    if os.environ.get("RANK", "0") != "0":
-        return path
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pth", dir=folder)
-    except OSError as exc:
-        raise CheckpointError(f"cannot write to {folder}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def make_checkpoint(model, m_name, dataset, stage, args=None, metrics=None, **extra):

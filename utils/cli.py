@@ -7,14 +7,15 @@ lets tests call `main(parser.parse_args([...]))` in-process.
 import os
 import sys
 
+from data.data_loader import data_loader
+from data.specs import BACKENDS, SPECS, canonical_dataset_name
+from models import model_spec
 from utils.errors import BridgeError
 from utils.progress import log
 from utils.runtime import configure_backends
 
 
 def add_data_args(parser, dataset="CIFAR10", batch_size=128):
-    from data.data_loader import BACKENDS
-
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", default=dataset, help="CIFAR10, tiny_imagenet or digits (bundled, offline)")
     g.add_argument("--data_dir", default="./data", help="where the data sets live (never modified)")
@@ -81,9 +82,6 @@ def check_writable(folder):
 
 def build_data(args, device):
     """DataBundle for the script's data arguments; checks that the model fits the data."""
-    from data.data_loader import canonical_dataset_name, data_loader, SPECS
-    from models import model_spec
-
     name = canonical_dataset_name(args.dataset)
     if getattr(args, "m_name", None):
         family = model_spec(args.m_name).dataset_family
