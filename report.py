@@ -30,7 +30,6 @@ from utils.pruning_curve import PruningCurve
 from utils.records import read_jsonl, write_json
 from utils.stats import compare_groups, fmt_difference, fmt_mean_std, mean_std
 
-CURVE_FOLDERS = paths.PRUNING_FOLDERS
 DEFAULT_RUNS = tuple(os.path.normpath(d) for d in paths.REGROWTH_SAVE_DIRS)
 
 
@@ -66,7 +65,7 @@ def _curve_dir(work_dir, m_name, folder):
 def load_curves(work_dir, m_name, prefix=""):
     """{prefix + folder name: rows sorted by sparsity} of the pruning logs (newest row per level)."""
     curves = {}
-    for folder in CURVE_FOLDERS:
+    for folder in paths.PRUNING_FOLDERS:
         latest = {}
         for r in read_jsonl(os.path.join(_curve_dir(work_dir, m_name, folder), "prune_log.jsonl")):
             latest[(r.get("pruner"), r["key"])] = r
@@ -154,7 +153,7 @@ def arms_section(arms, baselines):
 
 def curve_folders(work_dir, m_name, names, prefix=""):
     """{curve name: resolved folder} for the curves of `work_dir` that load_curves found."""
-    return {prefix + f: os.path.realpath(_curve_dir(work_dir, m_name, f)) for f in CURVE_FOLDERS
+    return {prefix + f: os.path.realpath(_curve_dir(work_dir, m_name, f)) for f in paths.PRUNING_FOLDERS
             if prefix + f in names}
 
 

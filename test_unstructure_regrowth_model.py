@@ -16,7 +16,7 @@ import os
 
 from models import model_spec
 from utils import cli, paths
-from utils.checkpoints import COMPACT_FORMAT, load_checkpoint, model_from_checkpoint
+from utils.checkpoints import COMPACT_FORMAT, model_from_checkpoint, peek_checkpoint
 from utils.compact import export_compact, load_compact
 from utils.conversion import convert_checkpoints
 from utils.costs import model_cost
@@ -77,7 +77,7 @@ def main(args):
     extra = paths.checkpoint_files(args.baseline_dir) if args.baseline_dir else []
     data, rows = None, []
     for path in files + [f for f in extra if f not in files]:
-        meta = load_checkpoint(path, trust_pickle=args.trust_pickle)
+        meta = peek_checkpoint(path, trust_pickle=args.trust_pickle)  # stage, model, format; tensors read below
         if meta.get("stage") in SKIP_STAGES:
             continue
         m_name = args.m_name or meta.get("model")

@@ -26,7 +26,7 @@ import torch
 from data.readers import load_cifar10_arrays, load_digits_arrays, split_indices, tiny_imagenet_files
 from data.specs import BACKENDS, SPECS, DatasetSpec, canonical_dataset_name
 from data.tensor_loader import TensorLoader
-from data.torch_loader import ArrayDataset, EpochLoader, EpochShuffleSampler, FileDataset, torchvision_transforms
+from data.torch_loader import EpochShuffleSampler, TransformDataset, make_loader, torchvision_transforms
 from utils.errors import UnknownChoiceError
 
 
@@ -64,9 +64,8 @@ class DataBundle:
                                 loader.device, loader.drop_last)
         ds = torch.utils.data.Subset(loader.dataset, keep.tolist())
         sampler = EpochShuffleSampler(len(ds), getattr(loader.sampler, "seed", seed)) if split == "train" else None
-        return (EpochLoader if sampler is not None else torch.utils.data.DataLoader)(
-            ds, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
-            pin_memory=loader.pin_memory, persistent_workers=loader.num_workers > 0)
+        return make_loader(ds, sampler, batch_size=loader.batch_size, num_workers=loader.num_workers,
+                           pin_memory=loader.pin_memory, persistent_workers=loader.num_workers > 0)
 
     def describe(self):
         s = self.sizes
@@ -130,9 +129,8 @@ def data_loader(data_dir="./data", val_split=0.1, batch_size=128, num_workers=2,
         loaders = {}
         for k, (x, y) in parts.items():
             tf = torchvision_transforms(spec, train=(k == "train"))
-            ds = FileDataset(x, y, tf) if isinstance(x, list) else ArrayDataset(x, y, tf)
+            ds = TransformDataset(x, y, tf)
             sampler = EpochShuffleSampler(len(ds), seed) if k == "train" else None
-            loaders[k] = (EpochLoader if sampler is not None else torch.utils.data.DataLoader)(
-                ds, batch_size=batch_size if k == "train" else eval_batch_size, sampler=sampler,
-                num_workers=num_workers, pin_memory=pin, persistent_workers=num_workers > 0)
+            loaders[k] = make_loader(ds, sampler, batch_size=batch_size if k == "train" else eval_batch_size,
+                                     num_workers=num_workers, pin_memory=pin, persistent_workers=num_workers > 0)
     return DataBundle(loaders["train"], loaders["val"], loaders["test"], spec, backend, sizes)

@@ -12,15 +12,22 @@ from utils.cache import DiskCache, cache_key, default_cache_dir
 from utils.errors import DataNotFoundError
 
 
+def decode_file(path):
+    """One image file as a uint8 (3, H, W) tensor (torchvision is imported on first use: 1.6 s a process)."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    return decode_image(read_file(path), mode=ImageReadMode.RGB)
+
+
 def _decode_images(paths):
     """Decode image files to a uint8 (N, 3, H, W) tensor; JPEGs go through torchvision's batched decoder."""
-    from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
     jpeg = [p for p in paths if p.lower().endswith((".jpg", ".jpeg"))]
     if len(jpeg) == len(paths):
         out = decode_jpeg([read_file(p) for p in paths], mode=ImageReadMode.RGB)
     else:
-        out = [decode_image(read_file(p), mode=ImageReadMode.RGB) for p in paths]
+        out = [decode_file(p) for p in paths]
     return torch.stack(out) if len(out) else torch.zeros(0, 3, 1, 1, dtype=torch.uint8)
 
 

@@ -2,6 +2,8 @@
 depends only on (seed, epoch) so resumed runs see the same batches."""
 import torch
 
+from data.readers import decode_file
+
 
 class EpochShuffleSampler(torch.utils.data.Sampler):
     """A shuffle whose order depends only on (seed, epoch), like TensorLoader's, so resumed runs match."""
@@ -26,8 +28,9 @@ class EpochShuffleSampler(torch.utils.data.Sampler):
         return iter(order[: self.n - self.n % self.world][self.rank::self.world].tolist())
 
 
-class ArrayDataset(torch.utils.data.Dataset):
-    """uint8 (N, 3, H, W) images + labels through torchvision transforms (the classic per-image path)."""
+class TransformDataset(torch.utils.data.Dataset):
+    """Images + labels through torchvision transforms: a uint8 (N, 3, H, W) tensor, or a list of image files
+    decoded on access (Tiny-ImageNet)."""
 
     def __init__(self, images, labels, transform):
         self.images, self.labels, self.transform = images, labels, transform
@@ -36,22 +39,8 @@ class ArrayDataset(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i):
-        return self.transform(self.images[i]), int(self.labels[i])
-
-
-class FileDataset(torch.utils.data.Dataset):
-    """Image files decoded on access (Tiny-ImageNet)."""
-
-    def __init__(self, paths, labels, transform):
-        self.paths, self.labels, self.transform = paths, labels, transform
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        from torchvision.io import ImageReadMode, decode_image, read_file
-
-        return self.transform(decode_image(read_file(self.paths[i]), mode=ImageReadMode.RGB)), int(self.labels[i])
+        image = decode_file(self.images[i]) if isinstance(self.images, list) else self.images[i]
+        return self.transform(image), int(self.labels[i])
 
 
 def torchvision_transforms(spec, train):
@@ -77,3 +66,8 @@ class EpochLoader(torch.utils.data.DataLoader):
 
     def shard(self, rank, world):
         self.sampler.shard(rank, world)
+
+
+def make_loader(dataset, sampler=None, **kwargs):
+    """An EpochLoader over a training split's EpochShuffleSampler, else a plain in-order DataLoader."""
+    return (EpochLoader if sampler is not None else torch.utils.data.DataLoader)(dataset, sampler=sampler, **kwargs)

@@ -3,7 +3,7 @@ pickled-module formats included) rewritten in its own weights_only format, tenso
 import os
 
 from utils import cli
-from utils.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
+from utils.checkpoints import model_from_checkpoint, peek_checkpoint, save_checkpoint
 from utils.errors import BridgeError
 from utils.masks import model_sparsity
 from utils.progress import log
@@ -16,7 +16,7 @@ def convert_checkpoints(files, out_dir, m_name=None, dataset="CIFAR10", trust_pi
     cli.check_writable(out_dir)
     written = []
     for path in files:
-        meta = load_checkpoint(path, trust_pickle=trust_pickle)
+        meta = peek_checkpoint(path, trust_pickle=trust_pickle)  # the model name; tensors read once, below
         name = m_name or meta.get("model")
         if name is None:
             raise BridgeError(f"{path} does not record its model; pass --m_name")

@@ -78,6 +78,19 @@ def _cached(setup, kind, names, compute, **extra):
     return setup.cache.get_or_compute(key, compute, kind)
 
 
+def _dense_pass(setup, store, names, kind, compute, **extra):
+    """Fill `store` with a dense-model pass over the `names` it lacks: charged as a backward pass over the
+    saliency batches, cached (see _cached). Returns (missing names, seconds), ([], 0) when none is missing."""
+    missing = [n for n in names if n not in store]
+    if not missing:
+        return [], 0.0
+    t0 = time.perf_counter()
+    setup.charge("saliency", setup.dense, images_in_batches(setup.data.train, setup.args.saliency_batches),
+                 backward=True)
+    store.update(_cached(setup, kind, missing, lambda: compute(missing), **extra))
+    return missing, time.perf_counter() - t0
+
+
 class UnstructuredKind:
     unit_label = "weights"
     stage_prefix = "regrowth"
@@ -107,18 +120,13 @@ class UnstructuredKind:
         return SearchSpace(names, ssim, {n: caps_all[n] for n in names}, None, fallback)
 
     def saliency(self, names):
-        missing = [n for n in names if n not in self._saliency]
+        setup = self.setup
+        missing, secs = _dense_pass(setup, self._saliency, names, "saliency", lambda missing: weight_saliency(
+            setup.dense, setup.data.train, missing, setup.device, setup.args.saliency_batches, _pass_precision(setup)))
         if missing:
-            setup = self.setup
-            t0 = time.perf_counter()
-            setup.charge("saliency", setup.dense, images_in_batches(setup.data.train, setup.args.saliency_batches),
-                         backward=True)
-            self._saliency.update(_cached(setup, "saliency", missing, lambda: weight_saliency(
-                setup.dense, setup.data.train, missing, setup.device, setup.args.saliency_batches,
-                _pass_precision(setup))))
             means = layer_mean_saliency({n: self._saliency[n] for n in missing})
             log(f"saliency (dL/dθ)²·θ² of {len(missing)} layer(s) on the dense model over "
-                f"{setup.args.saliency_batches or len(setup.data.train)} train batches: {time.perf_counter() - t0:.1f} s;"
+                f"{setup.args.saliency_batches or len(setup.data.train)} train batches: {secs:.1f} s;"
                 " mean " + ", ".join(f"{n} {v:.2e}" for n, v in list(means.items())[:5])
                 + (" ..." if len(means) > 5 else ""))
         return {n: self._saliency[n] for n in names}
@@ -242,18 +250,14 @@ class StructuredKind:
                            fallback)
 
     def scores(self, names):
-        missing = [n for n in names if n not in self._scores]
+        setup = self.setup
+        missing, secs = _dense_pass(setup, self._scores, names, "channel_scores", lambda missing: group_saliency(
+            setup.dense, setup.data.train, [self.by_root[n] for n in missing], setup.device,
+            setup.args.regrowth_score, setup.args.saliency_batches, _pass_precision(setup)),
+            score=setup.args.regrowth_score)
         if missing:
-            setup = self.setup
-            t0 = time.perf_counter()
-            setup.charge("saliency", setup.dense, images_in_batches(setup.data.train, setup.args.saliency_batches),
-                         backward=True)
-            self._scores.update(_cached(setup, "channel_scores", missing, lambda: group_saliency(
-                setup.dense, setup.data.train, [self.by_root[n] for n in missing], setup.device,
-                setup.args.regrowth_score, setup.args.saliency_batches, _pass_precision(setup)),
-                score=setup.args.regrowth_score))
             log(f"channel scores ({setup.args.regrowth_score}) of {len(missing)} group(s) on the dense model: "
-                f"{time.perf_counter() - t0:.1f} s")
+                f"{secs:.1f} s")
         return {n: self._scores[n] for n in names}
 
     def regrower(self, space, model=None):
