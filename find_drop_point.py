@@ -28,6 +28,7 @@ from utils.checkpoints import checkpoint_metrics, load_checkpoint, model_from_ch
 from utils.compact import export_compact, latency_ms
 from utils.costs import layer_costs, model_cost
 from utils.errors import BridgeError
+from utils.hparams import DataHparams, RuntimeHparams
 from utils.masks import count_pruned_params
 from utils.plots import plot_knees
 from utils.progress import log
@@ -53,8 +54,8 @@ def get_args_parser():
     g.add_argument("--max_latency_ms", type=float, default=None, help="compact-model latency (structured only)")
     g.add_argument("--latency_batch", type=int, default=1)
     p.add_argument("--trust_pickle", action="store_true")
-    cli.add_data_args(p)
-    cli.add_runtime_args(p, trains=False)
+    DataHparams.add_args(p)
+    RuntimeHparams.add_args(p, fixed={"compile": False})
     return p
 
 
@@ -95,7 +96,7 @@ def main(args):
 
         device = resolve_device(args.device)
         precision = resolve_precision(args.precision, device, args.compile)
-        data = cli.build_data(argparse.Namespace(**{**vars(args), "m_name": m_name}), device)
+        data = cli.build_data(DataHparams.from_args(args), args.seed, device, m_name)
         loader = data.val if args.metric == "val_acc" else data.test
         for path, sp, metrics, _ in missing:
             model, _ = model_from_checkpoint(path, m_name, trust_pickle=args.trust_pickle)

@@ -21,7 +21,7 @@ accuracy_vs_sparsity.png; with --save_compact also {m_name}_{sparsity}_compact.p
 import argparse
 import itertools
 
-from models import MODEL_NAMES, canonical_model_name, model_loader, model_spec
+from models import canonical_model_name, model_loader, model_spec
 from utils import cli
 from utils.checkpoints import model_from_checkpoint
 from utils.compact import check_equivalence, export_compact, save_compact
@@ -29,7 +29,7 @@ from utils.costs import model_cost
 from utils.errors import BridgeError
 from utils.masks import model_sparsity
 from utils.progress import log
-from utils.pruning_run import PruningPlan, add_finetune_args, run_pruning
+from utils.pruning_run import PruningHparams, PruningPlan, run_pruning
 from utils.structured import SCOPES, add_structured_masks, channel_groups, channel_sparsity
 from utils.structured_importance import (GRADIENT_IMPORTANCE, IMPORTANCE, PUBLISHED_GRADIENT_BATCHES,
                                          check_importance, prune_channels)
@@ -39,7 +39,6 @@ MODES = {"iterative": "iterative", "iterate": "iterative", "oneshot": "oneshot"}
 
 def get_args_parser():
     p = argparse.ArgumentParser("prune_structure.py", description="Structured (filter) pruning with masks + finetune")
-    p.add_argument("--m_name", default="vgg16", help=f"model: {', '.join(MODEL_NAMES)}")
     p.add_argument("--pruner", default="taylor", help=f"filter importance: {', '.join(IMPORTANCE)}")
     p.add_argument("--scope", default="local", choices=SCOPES, help="local: same fraction per group; global: one ranking")
     p.add_argument("--m_prune", default="iterative", choices=sorted(MODES))
@@ -52,14 +51,13 @@ def get_args_parser():
     p.add_argument("--importance_batches", "--taylor_batches", dest="importance_batches", type=int, default=None,
                    help="training batches for the taylor / hessian importance (default: published 1 / 4)")
     p.add_argument("--save_compact", action="store_true", help="also write each level with its filters removed")
-    add_finetune_args(p)
-    cli.add_data_args(p)
-    cli.add_runtime_args(p)
+    PruningHparams.add_args(p, m_name="vgg16")
     return p
 
 
 def main(args):
     args.m_name = canonical_model_name(args.m_name)
+    hp = PruningHparams.from_args(args)
     mode = MODES[args.m_prune]
     check_importance(args.pruner)
     cli.check_fraction("--ratio_per_step", args.ratio_per_step)
@@ -99,7 +97,7 @@ def main(args):
         columns=["sparsity", "weight_sparsity", "param_ratio", "mac_ratio", "val_acc", "test_acc",
                  "val_acc_before_finetune", "compact_params", "compact_macs", "compact_max_abs_diff", "pruner",
                  "finetune_steps", "seconds", "path"])
-    rows = run_pruning(args, plan)
+    rows = run_pruning(hp, plan, hp.record(args))
     if args.save_compact:
         for r in rows:
             model, _ = model_from_checkpoint(r["path"], args.m_name)

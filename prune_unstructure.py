@@ -21,21 +21,20 @@ Finetune: AdamW lr 3e-4, weight decay 0.01, a step budget (published: 12,520 ste
 """
 import argparse
 
-from models import MODEL_NAMES, canonical_model_name
+from models import canonical_model_name
 from utils import cli
 from utils.errors import BridgeError
 from utils.checkpoints import check_model_name, load_checkpoint, model_sparsity_of_state
 from utils.compute import recorded_flops
 from utils.masks import add_masks, model_sparsity, transplant_masks
 from utils.pruners import PRUNERS, weight_pruner_loader
-from utils.pruning_run import PruningPlan, add_finetune_args, run_pruning
+from utils.pruning_run import PruningHparams, PruningPlan, run_pruning
 
 MODES = {"iterative": "iterative", "iterate": "iterative", "oneshot": "oneshot"}
 
 
 def get_args_parser():
     p = argparse.ArgumentParser("prune_unstructure.py", description="Unstructured magnitude pruning + finetune")
-    p.add_argument("--m_name", default="resnet20", help=f"model: {', '.join(MODEL_NAMES)}")
     p.add_argument("--pruner", default="lamp", help=f"one of {', '.join(PRUNERS)}")
     p.add_argument("--m_prune", default="iterative", choices=sorted(MODES),
                    help="iterative (published spelling 'iterate' accepted) or oneshot")
@@ -46,14 +45,13 @@ def get_args_parser():
                    help="oneshot: target sparsities, each pruned directly from the dense model")
     p.add_argument("--mask_from", default=None,
                    help="mask transplant: train this checkpoint's mask from the dense weights (replaces --pruner)")
-    add_finetune_args(p)
-    cli.add_data_args(p)
-    cli.add_runtime_args(p)
+    PruningHparams.add_args(p, m_name="resnet20")
     return p
 
 
 def main(args):
     args.m_name = canonical_model_name(args.m_name)
+    hp = PruningHparams.from_args(args)
     mode = MODES[args.m_prune]
     cli.check_fraction("--sparsity", args.sparsity)
     for t in args.oneshot:
@@ -64,13 +62,13 @@ def main(args):
     columns = ["sparsity", "val_acc", "test_acc", "val_acc_before_finetune", "target_sparsity", "pruner", "amount",
                "finetune_steps", "training_flops", "seconds", "path"]
     if args.mask_from:
-        return run_pruning(args, transplant_plan(args, columns))
+        return run_pruning(hp, transplant_plan(args, columns), hp.record(args))
     pruner = weight_pruner_loader(args.pruner)
     plan = PruningPlan(
         mode=mode, method=args.pruner, folder=mode, stage=f"prune_{mode}", add_masks=add_masks,
         prune=lambda model, amount, data: pruner(model, amount), sparsity=model_sparsity,
         amount=args.sparsity, iter_range=(args.iter_start, args.iter_end), targets=args.oneshot, columns=columns)
-    return run_pruning(args, plan)
+    return run_pruning(hp, plan, hp.record(args))
 
 
 def transplant_plan(args, columns):

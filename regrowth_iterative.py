@@ -29,25 +29,27 @@ import os
 
 from utils import cli, paths
 from utils.regrowth.kinds import UnstructuredKind
-from utils.regrowth.flags import add_iterative_args, add_search_args, validate_search_args
+from utils.regrowth.hparams import IterativeHparams, PolicyShape, RegrowthHparams
 from utils.regrowth.iterative import run_iterative
 
 
 def get_args_parser():
     p = argparse.ArgumentParser("regrowth_iterative.py", description="Iterative SSIM + RL + saliency weight regrowth")
-    add_search_args(p, m_name="effnet", num_epochs=300, patience=40, ssim_num_batches=128,
-                    save_dir=paths.ITERATIVE_SAVE_DIR, mini_epochs=40)
-    add_iterative_args(p, budget_space_size=5, min_frac=0.001, max_frac=0.005, num_iters=2, target_sparsity=0.97)
+    RegrowthHparams.add_args(p, m_name="effnet", num_epochs=300, patience=40, ssim_num_batches=128,
+                             save_dir=paths.ITERATIVE_SAVE_DIR, mini_epochs=40)
+    IterativeHparams.add_args(p, budget_space_size=5, min_frac=0.001, max_frac=0.005, num_iters=2, target_sparsity=0.97)
     return p
 
 
 def main(args):
-    validate_search_args(args)
+    hp, loop = RegrowthHparams.from_args(args), IterativeHparams.from_args(args)
+    args.m_name = hp.source.m_name
     name = paths.run_name(args.method, args.allocator, args.tag)
     return run_iterative(
-        args, UnstructuredKind, baseline_dir=args.baseline_dir or os.path.join(args.work_dir, args.m_name, "iterative"),
+        hp, loop, UnstructuredKind, record=hp.record(args),
+        baseline_dir=args.baseline_dir or os.path.join(args.work_dir, args.m_name, "iterative"),
         run_dir=os.path.join(args.save_dir, args.m_name, name), script="regrowth_iterative.py",
-        rl_options={"advantage": "window_std", "clip": 10.0})
+        shape=PolicyShape(args.alloc_space_size, clip=10.0, advantage="window_std", position="iterative"))
 
 
 if __name__ == "__main__":

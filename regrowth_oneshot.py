@@ -22,13 +22,13 @@ import os
 from utils import cli, paths
 from utils.errors import BridgeError
 from utils.regrowth.kinds import UnstructuredKind
-from utils.regrowth.flags import add_search_args, validate_search_args
+from utils.regrowth.hparams import PolicyShape, RegrowthHparams
 from utils.regrowth.oneshot import run_oneshot
 
 
 def get_args_parser():
     p = argparse.ArgumentParser("regrowth_oneshot.py", description="One-shot SSIM + RL + saliency weight regrowth")
-    add_search_args(p, m_name="effnet", num_epochs=400, patience=50, ssim_num_batches=64,
+    RegrowthHparams.add_args(p, m_name="effnet", num_epochs=400, patience=50, ssim_num_batches=64,
                     save_dir=paths.ONESHOT_SAVE_DIR, mini_epochs=50)
     p.add_argument("--model_sparsity", default="0.98",
                    help="sparsity label of the start model (default path and output folder)")
@@ -50,17 +50,18 @@ def output_dir(args):
 
 
 def main(args):
-    validate_search_args(args)
+    hp = RegrowthHparams.from_args(args)
+    args.m_name = hp.source.m_name
     cli.check_fraction("--regrow_step", args.regrow_step, low_inclusive=False)
     if args.acc_baseline is not None and not 0 < args.acc_baseline <= 1:
         raise BridgeError(f"--acc_baseline is a fraction in (0, 1], got {args.acc_baseline}")
     sparse_path = args.initial_ckpt or paths.pruned_checkpoint(args.work_dir, args.m_name, "oneshot", args.model_sparsity)
     return run_oneshot(
-        args, UnstructuredKind, sparse_path=sparse_path, out_dir=output_dir(args), script="regrowth_oneshot.py",
-        requested=lambda setup, kind: int(setup.total_weights * args.regrow_step),
+        hp, UnstructuredKind, record=hp.record(args), sparse_path=sparse_path, out_dir=output_dir(args),
+        script="regrowth_oneshot.py", requested=lambda setup, kind: int(setup.total_weights * args.regrow_step),
         reference=lambda setup, kind, sparse_val: (lambda sparsity: sparse_val),
-        rl_options={"action_space_size": args.action_space_size, "advantage": "temperature", "clip": 100.0,
-                    "position": "oneshot", "top_up": args.fill_budget})
+        shape=PolicyShape(args.action_space_size, clip=100.0, position="oneshot", top_up=args.fill_budget),
+        acc_baseline=args.acc_baseline)
 
 
 if __name__ == "__main__":

@@ -17,29 +17,31 @@ import os
 
 from utils import cli, paths
 from utils.regrowth.kinds import StructuredKind
-from utils.regrowth.flags import add_iterative_args, add_search_args, validate_search_args
+from utils.regrowth.hparams import IterativeHparams, PolicyShape, RegrowthHparams
 from utils.regrowth.iterative import run_iterative
-from utils.regrowth.filters import SCORES, STRUCTURED_INITS
+from utils.regrowth.filters import STRUCTURED_INITS
 
 
 def get_args_parser():
     p = argparse.ArgumentParser("regrowth_structure_iterative.py", description="Iterative structured (filter) regrowth")
-    add_search_args(p, m_name="resnet20", num_epochs=300, patience=40, ssim_num_batches=64,
-                    save_dir=paths.STRUCTURED_SAVE_DIR, init_default="reference",
-                    init_choices=STRUCTURED_INITS + ("magnitude",), mini_epochs=40, budget_bonus=0.0)
-    add_iterative_args(p, budget_space_size=6, min_frac=0.005, max_frac=0.01, num_iters=5, target_sparsity=0.0)
+    RegrowthHparams.add_args(p, m_name="resnet20", num_epochs=300, patience=40, ssim_num_batches=64,
+                             save_dir=paths.STRUCTURED_SAVE_DIR, init_default="reference",
+                             init_choices=STRUCTURED_INITS + ("magnitude",), mini_epochs=40, budget_bonus=0.0,
+                             structured=True)
+    IterativeHparams.add_args(p, budget_space_size=6, min_frac=0.005, max_frac=0.01, num_iters=5, target_sparsity=0.0)
     p.set_defaults(method="structured_iterative")
-    p.add_argument("--regrowth_score", default="fisher", choices=SCORES)
     return p
 
 
 def main(args):
-    validate_search_args(args, structured=True)
+    hp, loop = RegrowthHparams.from_args(args, structured=True), IterativeHparams.from_args(args)
+    args.m_name = hp.source.m_name
     name = paths.run_name(args.method, args.allocator, args.tag)
     baseline = args.baseline_dir or os.path.join(args.work_dir, args.m_name, "structured_iterative")
     return run_iterative(
-        args, StructuredKind, baseline_dir=baseline, run_dir=os.path.join(args.save_dir, args.m_name, name),
-        script="regrowth_structure_iterative.py", rl_options={"advantage": "temperature", "clip": 10.0, "top_up": True})
+        hp, loop, StructuredKind, record=hp.record(args), baseline_dir=baseline,
+        run_dir=os.path.join(args.save_dir, args.m_name, name), script="regrowth_structure_iterative.py",
+        shape=PolicyShape(args.alloc_space_size, clip=10.0, position="iterative", top_up=True))
 
 
 if __name__ == "__main__":

@@ -23,16 +23,17 @@ from utils.errors import BridgeError
 from utils.progress import log
 from utils.pruning_curve import load_pruning_curve
 from utils.regrowth.kinds import StructuredKind
-from utils.regrowth.flags import add_search_args, validate_search_args
+from utils.regrowth.hparams import PolicyShape, RegrowthHparams
 from utils.regrowth.oneshot import run_oneshot
-from utils.regrowth.filters import SCORES, STRUCTURED_INITS
+from utils.regrowth.filters import STRUCTURED_INITS
 
 
 def get_args_parser():
     p = argparse.ArgumentParser("regrowth_structure_oneshot.py", description="One-shot structured (filter) regrowth")
-    add_search_args(p, m_name="effnet", num_epochs=300, patience=40, ssim_num_batches=64,
-                    save_dir=paths.STRUCTURED_SAVE_DIR, init_default="reference",
-                    init_choices=STRUCTURED_INITS + ("magnitude",), mini_epochs=50, budget_bonus=0.0)
+    RegrowthHparams.add_args(p, m_name="effnet", num_epochs=300, patience=40, ssim_num_batches=64,
+                             save_dir=paths.STRUCTURED_SAVE_DIR, init_default="reference",
+                             init_choices=STRUCTURED_INITS + ("magnitude",), mini_epochs=50, budget_bonus=0.0,
+                             structured=True)
     p.add_argument("--method", default="structured_oneshot", help="output folder name under {save_dir}/{m_name}/")
     p.add_argument("--initial_ckpt", "--pruned_ckpt", dest="initial_ckpt", required=True,
                    help="filter-pruned start model (a prune_structure.py checkpoint)")
@@ -42,13 +43,12 @@ def get_args_parser():
                    help="reward reference without a curve (< 0: the start model's val accuracy)")
     p.add_argument("--sparsity_delta", type=float, default=0.01, help="budget as a fraction of all dense filters")
     p.add_argument("--alloc_space_size", type=int, default=10)
-    p.add_argument("--regrowth_score", default="fisher", choices=SCORES)
     return p
 
 
-def curve_reference(args, start_path):
+def curve_reference(baseline_dir, acc_threshold, start_path):
     """(setup, kind, sparse val acc) -> fn(sparsity): the pruning curve if there is one, else a constant."""
-    folder = os.path.dirname(os.path.abspath(start_path)) if args.baseline_dir is None else args.baseline_dir
+    folder = os.path.dirname(os.path.abspath(start_path)) if baseline_dir is None else baseline_dir
 
     def reference(setup, kind, sparse_val):
         if folder:
@@ -58,24 +58,24 @@ def curve_reference(args, start_path):
                 return curve
             except BridgeError as exc:
                 log(f"no pruning curve ({exc}); the reward compares with a constant")
-        constant = args.acc_threshold if args.acc_threshold >= 0 else sparse_val
+        constant = acc_threshold if acc_threshold >= 0 else sparse_val
         return lambda sparsity: constant
 
     return reference
 
 
 def main(args):
-    validate_search_args(args, structured=True)
+    hp = RegrowthHparams.from_args(args, structured=True)
+    args.m_name = hp.source.m_name
     cli.check_fraction("--sparsity_delta", args.sparsity_delta, low_inclusive=False)
     start = peek_checkpoint(args.initial_ckpt, trust_pickle=args.trust_pickle)  # the sparsity label only; prepare() loads the weights
     name = paths.run_name(f"sp{float(start.get('sparsity') or 0):.3f}", args.allocator, args.tag)
     return run_oneshot(
-        args, StructuredKind, sparse_path=args.initial_ckpt, script="regrowth_structure_oneshot.py",
-        out_dir=os.path.join(args.save_dir, args.m_name, args.method, name),
+        hp, StructuredKind, record=hp.record(args), sparse_path=args.initial_ckpt,
+        script="regrowth_structure_oneshot.py", out_dir=os.path.join(args.save_dir, args.m_name, args.method, name),
         requested=lambda setup, kind: int(kind.total() * args.sparsity_delta),
-        reference=curve_reference(args, args.initial_ckpt),
-        rl_options={"action_space_size": args.alloc_space_size, "advantage": "temperature", "clip": 10.0,
-                    "position": "iterative", "top_up": True})
+        reference=curve_reference(args.baseline_dir, args.acc_threshold, args.initial_ckpt),
+        shape=PolicyShape(args.alloc_space_size, clip=10.0, position="iterative", top_up=True))
 
 
 if __name__ == "__main__":

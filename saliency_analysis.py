@@ -15,6 +15,7 @@ from models import MODEL_NAMES, canonical_model_name
 from utils import cli, paths
 from utils.checkpoints import model_from_checkpoint
 from utils.class_saliency import ORDERS, class_statistics, per_class_saliency, plot_saliency
+from utils.hparams import DataHparams, RuntimeHparams
 from utils.masks import prunable_modules
 from utils.progress import log
 from utils.records import write_csv
@@ -32,8 +33,8 @@ def get_args_parser():
     p.add_argument("--hutchinson_samples", type=int, default=1)
     p.add_argument("--out_dir", default=None, help="default {work_dir}/{m_name}/saliency_analysis")
     p.add_argument("--trust_pickle", action="store_true")
-    cli.add_data_args(p, batch_size=128)
-    cli.add_runtime_args(p, trains=False, precision=False)  # Hessian-vector products in fp32
+    DataHparams.add_args(p)
+    RuntimeHparams.add_args(p, fixed={"compile": False}, omit=("precision",))  # Hessian-vector products in fp32
     return p
 
 
@@ -47,7 +48,7 @@ def main(args):
     model = model.to(device)
     names = [n for n, _ in prunable_modules(model)]
     layers = args.layers or list(dict.fromkeys([names[0], names[len(names) // 2], names[-1]]))
-    data = cli.build_data(args, device)
+    data = cli.build_data(DataHparams.from_args(args), args.seed, device, args.m_name)
     out_dir = args.out_dir or os.path.join(args.work_dir, args.m_name, "saliency_analysis")
     os.makedirs(out_dir, exist_ok=True)
     sal = per_class_saliency(model, data.val, layers, data.spec.num_classes, device, args.orders, args.max_batches,

@@ -16,7 +16,7 @@ import argparse
 import os
 import time
 
-from models import MODEL_NAMES, canonical_model_name
+from models import canonical_model_name
 from utils import cli, paths
 from utils.cache import default_cache_dir
 from utils.errors import BridgeError
@@ -26,7 +26,9 @@ from utils.records import write_csv, write_json
 from utils.regrowth.kinds import UnstructuredKind
 from utils.regrowth.proxies import MiniFinetuneProxy
 from utils.regrowth.env import RegrowthEnv
-from utils.regrowth.setup import mini_finetune_steps, prepare, work_model_like
+from utils.hparams import DataHparams, ModelSource, RuntimeHparams
+from utils.regrowth.hparams import ControllerHparams, FinetuneHparams, RegrowthHparams, RewardHparams, SearchHparams
+from utils.regrowth.setup import prepare, work_model_like
 from utils.regrowth.weights import (INIT_ALIASES, INIT_STRATEGIES, WeightRegrower, canonical_init, dense_reference_weights,
                             layer_capacities)
 from utils.runtime import Precision
@@ -37,12 +39,10 @@ from utils.training import clone_state
 
 def get_args_parser():
     p = argparse.ArgumentParser("single_layer_regrowth_analysis.py", description="SSIM vs single-layer regrowth gain")
-    p.add_argument("--m_name", default="resnet20", help=f"model: {', '.join(MODEL_NAMES)}")
     p.add_argument("--model_sparsity", default="0.98", help="sparsity label of the start model (default path)")
     p.add_argument("--initial_ckpt", default=None,
                    help="sparse model (default {work_dir}/{m_name}/oneshot/{m_name}_{model_sparsity}.pth)")
-    p.add_argument("--dense_ckpt", default=None, help="dense model (default {work_dir}/{m_name}/checkpoint/ckpt.pth)")
-    p.add_argument("--work_dir", default=".")
+    ModelSource.add_args(p)
     p.add_argument("--save_dir", default="./single_layer_analysis")
     p.add_argument("--tag", default="")
     p.add_argument("--layers", nargs="+", default=None, help="layers to test (default: every masked conv with capacity)")
@@ -59,9 +59,8 @@ def get_args_parser():
     p.add_argument("--reward_val_subset", type=int, default=None, help="score on this many validation images")
     p.add_argument("--cache_dir", default=default_cache_dir(),
                    help="cache of saliency / SSIM results ('' disables)")
-    p.add_argument("--trust_pickle", action="store_true")
-    cli.add_data_args(p)
-    cli.add_runtime_args(p)
+    DataHparams.add_args(p)
+    RuntimeHparams.add_args(p)
     return p
 
 
@@ -72,12 +71,16 @@ def main(args):
         raise BridgeError("give --regrow_count or --regrow_frac, not both")
     if args.regrow_frac is not None:
         cli.check_fraction("--regrow_frac", args.regrow_frac, low_inclusive=False)
-    # fields the shared regrowth helpers read
-    args.ssim_threshold, args.include_linear, args.budget_bonus = 1.0, False, 0.0
+    # every layer is a candidate, one at a time, and no budget term enters the comparison
+    fixed = {"ssim_threshold": 1.0, "include_linear": False, "budget_bonus": 0.0}
+    hp = RegrowthHparams(ModelSource.from_args(args), DataHparams.from_args(args), RuntimeHparams.from_args(args),
+                         SearchHparams.from_args(args, **fixed), ControllerHparams(), RewardHparams.from_args(args),
+                         FinetuneHparams())
     sparse_path = args.initial_ckpt or paths.pruned_checkpoint(args.work_dir, args.m_name, "oneshot", args.model_sparsity)
-    cli.print_args(args, "single_layer_regrowth_analysis.py")
+    record = {**vars(args), **fixed}
+    cli.print_args(record, "single_layer_regrowth_analysis.py")
     t0 = time.perf_counter()
-    setup, sparse, _ = prepare(args, sparse_path)
+    setup, sparse, _ = prepare(hp, sparse_path, record)
     out_dir = os.path.join(args.save_dir, args.m_name, paths.run_name(args.model_sparsity, tag=args.tag))
     cli.check_writable(out_dir)
     caps = layer_capacities(sparse, setup.masked_names)
@@ -93,7 +96,7 @@ def main(args):
     kind = UnstructuredKind(setup)
     saliency = kind.saliency(layers)
     regrower = WeightRegrower(saliency, dense_reference_weights(setup.dense, layers), args.init_strategy)
-    steps = mini_finetune_steps(args, len(setup.data.train))
+    steps = hp.reward.steps(len(setup.data.train))
     work = work_model_like(setup, sparse.state_dict())
     start = clone_state(sparse)
     log(f"{len(layers)} layers x {len(args.seeds)} seeds, {steps} mini-finetune steps each; budget per layer "
@@ -118,7 +121,7 @@ def main(args):
     write_csv(os.path.join(out_dir, "single_layer.csv"), table)
     write_json(os.path.join(out_dir, "correlations.json"),
                {**corr, "seeds": args.seeds, "layers": len(table), "mini_finetune_steps": steps,
-                "start_ckpt": sparse_path, "seconds": time.perf_counter() - t0, "args": vars(args)})
+                "start_ckpt": sparse_path, "seconds": time.perf_counter() - t0, "args": record})
     scatter = plot_ssim_gain(table, os.path.join(out_dir, "ssim_vs_gain.png"),
                              f"{args.m_name} at {args.model_sparsity}: single-layer regrowth", corr)
     bars = plot_bars([r["layer"] for r in table], [r["ssim"] for r in table], os.path.join(out_dir, "ssim_per_layer.png"),

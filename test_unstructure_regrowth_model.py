@@ -21,6 +21,7 @@ from utils.compact import export_compact, load_compact
 from utils.conversion import convert_checkpoints
 from utils.costs import model_cost
 from utils.errors import BridgeError
+from utils.hparams import DataHparams, RuntimeHparams
 from utils.masks import format_layer_table, layer_table, model_sparsity
 from utils.plots import plot_accuracy_vs_sparsity
 from utils.progress import log
@@ -49,8 +50,8 @@ def get_args_parser():
                    help="rewrite the checkpoints (e.g. the published formats) in this project's format into OUT_DIR, "
                         "then exit (needs --m_name for files that do not record their model); "
                         "the same as convert_checkpoint.py")
-    cli.add_data_args(p)
-    cli.add_runtime_args(p, trains=False)
+    DataHparams.add_args(p)
+    RuntimeHparams.add_args(p, fixed={"compile": False})
     return p
 
 
@@ -89,7 +90,7 @@ def main(args):
             model, ckpt = model_from_checkpoint(path, m_name, trust_pickle=args.trust_pickle)
         model = to_device(model, device, precision)
         if data is None and not args.no_eval:
-            data = cli.build_data(argparse.Namespace(**{**vars(args), "m_name": m_name}), device)
+            data = cli.build_data(DataHparams.from_args(args), args.seed, device, m_name)
             log(data.describe())
         size = model_spec(m_name).input_size
         cost = model_cost(model, size, device)

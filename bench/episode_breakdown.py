@@ -25,7 +25,7 @@ from utils.checkpoints import model_from_checkpoint  # noqa: E402
 from utils.masks import add_masks, masked_modules  # noqa: E402
 from utils.pruners import PRUNERS  # noqa: E402
 from utils.regrowth.weights import WeightRegrower  # noqa: E402
-from utils.regrowth.flags import FAST_PRESET  # noqa: E402
+from utils.regrowth.hparams import FAST_PRESET  # noqa: E402
 from utils.regrowth.env import RegrowthEnv  # noqa: E402
 from utils.regrowth.proxies import MiniFinetuneProxy  # noqa: E402
 from utils.runtime import resolve_precision, to_device  # noqa: E402

@@ -40,7 +40,7 @@ from utils.controller import RegrowthAgent, sample_allocation  # noqa: E402
 from utils.errors import BridgeError  # noqa: E402
 from utils.records import append_jsonl, read_jsonl, write_json  # noqa: E402
 from utils.regrowth.kinds import UnstructuredKind  # noqa: E402
-from utils.regrowth.flags import FAST_PRESET, validate_search_args  # noqa: E402
+from utils.regrowth.hparams import FAST_PRESET, RegrowthHparams  # noqa: E402
 from utils.regrowth.setup import calibrated_reference, prepare  # noqa: E402
 from utils.regrowth.setup import work_model_like  # noqa: E402
 from utils.regrowth.env import RegrowthEnv  # noqa: E402
@@ -178,11 +178,12 @@ def write_outputs(out, table, ceiling, meta):
 def main():
     args = get_args_parser().parse_args()
     args.fast = True
-    validate_search_args(args)
+    hp = RegrowthHparams.from_args(args)
+    args.m_name = hp.source.m_name
     t_bench = time.perf_counter()
     sparse_path = args.initial_ckpt or os.path.join(args.work_dir, args.m_name, "oneshot",
                                                     f"{args.m_name}_{args.model_sparsity}.pth")
-    setup, sparse, _ = prepare(args, sparse_path)
+    setup, sparse, _ = prepare(hp, sparse_path, hp.record(args))
     kind = UnstructuredKind(setup)
     space = kind.search_space(sparse)
     budget = min(int(setup.total_weights * args.regrow_step), sum(space.capacities.values()))
@@ -307,7 +308,7 @@ def main():
     print(f"benchmark wall time this run: {time.perf_counter() - t_bench:.0f} s")
     if args.out:
         meta = {"title": f"{args.m_name}, {os.path.basename(sparse_path)}, budget {budget:,} weights, "
-                         f"init {args.init_strategy}",
+                         f"init {hp.search.init_strategy}",
                 "n": drawn, "long": f"{long_steps} steps ({args.long_epochs:g} epochs of "
                                                f"{len(setup.data.train.dataset):,} images), full validation split, "
                                                f"mean of {len(long_names)} data orders",

@@ -83,7 +83,7 @@ def test_regrowth_cache_recomputes_for_another_device_or_precision(tmp_path):
     def setup(device, channels_last=True):
         return SimpleNamespace(cache=DiskCache(str(tmp_path)), dense_digest="d", device=torch.device(device),
                                precision=Precision(torch.bfloat16, channels_last),
-                               args=SimpleNamespace(saliency_batches=2), data_key=lambda: {"dataset": "digits"})
+                               hp=SimpleNamespace(search=SimpleNamespace(saliency_batches=2)), data_key=lambda: {"dataset": "digits"})
 
     def compute():
         calls.append(1)

@@ -199,9 +199,10 @@ def test_each_selection_restores_what_an_independent_computation_picks(work, tmp
     dense = load_checkpoint(_dense(work))["state_dict"]
     if selection == "gradient":
         from utils import cli
+        from utils.hparams import DataHparams
 
         args = regrowth_oneshot.get_args_parser().parse_args(DATA + ["--work_dir", work, "--seed", "3"])
-        data = cli.build_data(args, torch.device("cpu"))
+        data = cli.build_data(DataHparams.from_args(args), args.seed, torch.device("cpu"), "resnet20")
         sparse, _ = model_from_checkpoint(start_path, "resnet20")
         expected_scores = _naive_pruned_gradient(sparse, data.train, 2)
     for n, k in alloc.items():
@@ -311,9 +312,9 @@ def test_report_arms_bad_input_is_one_line(work, tmp_path):
 def test_filter_regrowth_refuses_a_weight_selection():
     import regrowth_structure_oneshot
     from utils.errors import BridgeError
-    from utils.regrowth.flags import validate_search_args
+    from utils.regrowth.hparams import RegrowthHparams
 
     args = regrowth_structure_oneshot.get_args_parser().parse_args(
         ["--m_name", "resnet20", "--initial_ckpt", "unused.pth", "--selection", "magnitude"])
     with pytest.raises(BridgeError, match="--regrowth_score"):
-        validate_search_args(args, structured=True)
+        RegrowthHparams.from_args(args, structured=True)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from utils import cli, distributed, runtime
+from utils.hparams import RuntimeHparams
 from utils.errors import BridgeError
 
 
@@ -46,7 +47,7 @@ def test_run_sets_backends_from_the_flag_before_joining_the_process_group(backen
     monkeypatch.setattr(cli, "configure_backends", lambda det: calls.append(("backends", det)))
     monkeypatch.setattr(distributed, "init", lambda device: calls.append(("init", device)))
     parser = argparse.ArgumentParser()
-    cli.add_runtime_args(parser)
+    RuntimeHparams.add_args(parser)
     cli.run(lambda args: calls.append("main"), parser, ["--deterministic", "--device", "cpu"])
     assert calls == [("backends", True), ("init", "cpu"), "main"]
     calls.clear()

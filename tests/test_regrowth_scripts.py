@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import regrowth_oneshot
 from tests.conftest import prepare_work_dir, run_script
 from utils import cli
 from utils.checkpoints import model_from_checkpoint
+from utils.hparams import DataHparams
 from utils.pruning_curve import load_pruning_curve
 from utils.records import read_jsonl
 from utils.regrowth.env import RegrowthEnv
@@ -222,7 +224,7 @@ def test_iterative_reward_reference_is_calibrated_on_the_reward_val_subset(pipel
     summary = regrowth_iterative.main(args)
     run_dir = os.path.join(save, "resnet20", "iterative")
     curve = load_pruning_curve(os.path.join(pipeline, "resnet20", "iterative"))
-    data = cli.build_data(args, torch.device("cpu"))
+    data = cli.build_data(DataHparams.from_args(args), args.seed, torch.device("cpu"), "resnet20")
     val_subset = data.subset("val", 40, seed=args.seed)
     assert len(val_subset.dataset) == 40 < len(data.val.dataset)
     starts = [summary["start_ckpt"], os.path.join(run_dir, "iter_0", "best_grown_model.pth")]
@@ -266,19 +268,21 @@ def test_evaluation_script_on_a_folder(pipeline, tmp_path):
 @pytest.mark.parametrize("module", [regrowth_oneshot, regrowth_iterative])
 def test_fast_preset_fills_only_what_is_not_given(module):
     """--fast sets the proxy settings where they are missing; explicit values and the defaults stay."""
-    from utils.regrowth.flags import FAST_PRESET, validate_search_args
+    from utils.regrowth.hparams import FAST_PRESET, RegrowthHparams
 
-    plain = module.get_args_parser().parse_args([])
-    validate_search_args(plain)
+    def resolved(argv):
+        """The flags as the run records them: the parsed values with the resolved hyper-parameters over them."""
+        args = module.get_args_parser().parse_args(argv)
+        return SimpleNamespace(**RegrowthHparams.from_args(args).record(args))
+
+    plain = resolved([])
     # published behaviour without --fast: epochs, full validation split, one saliency epoch, constant lr
     assert [getattr(plain, k) for k in FAST_PRESET] == [None, "constant", 1, None, None]
-    fast = module.get_args_parser().parse_args(["--fast", "--mini_finetune_steps", "7"])
-    validate_search_args(fast)
+    fast = resolved(["--fast", "--mini_finetune_steps", "7"])
     assert fast.mini_finetune_steps == 7
     assert fast.mini_finetune_schedule == FAST_PRESET["mini_finetune_schedule"] == "cosine"
     assert fast.reward_repeats == FAST_PRESET["reward_repeats"] == 3
-    bad = module.get_args_parser().parse_args(["--reward_repeats", "0"])
     with pytest.raises(Exception, match="reward_repeats"):
-        validate_search_args(bad)
+        resolved(["--reward_repeats", "0"])
     assert fast.reward_val_subset == FAST_PRESET["reward_val_subset"]
     assert fast.saliency_batches == FAST_PRESET["saliency_batches"]

@@ -7,6 +7,7 @@ import torch
 
 import pretrain
 from tests.conftest import run_script
+from utils import pretraining
 
 FAST = ["--dataset", "digits", "--m_name", "resnet20", "--train_limit", "256", "--batch_size", "64"]
 
@@ -58,7 +59,7 @@ def test_pretrain_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
     full = pretrain.main(pretrain.get_args_parser().parse_args(args + ["--work_dir", str(tmp_path / "a")]))
 
     calls = {"n": 0}
-    real = pretrain.train_one_epoch
+    real = pretraining.train_one_epoch
 
     def crash_on_third(*a, **k):
         calls["n"] += 1
@@ -66,10 +67,10 @@ def test_pretrain_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
             raise _Interrupt()
         return real(*a, **k)
 
-    monkeypatch.setattr(pretrain, "train_one_epoch", crash_on_third)
+    monkeypatch.setattr(pretraining, "train_one_epoch", crash_on_third)
     with pytest.raises(_Interrupt):
         pretrain.main(pretrain.get_args_parser().parse_args(args + ["--work_dir", str(tmp_path / "b")]))
-    monkeypatch.setattr(pretrain, "train_one_epoch", real)
+    monkeypatch.setattr(pretraining, "train_one_epoch", real)
     resumed = pretrain.main(pretrain.get_args_parser().parse_args(args + ["--work_dir", str(tmp_path / "b"),
                                                                          "--resume"]))
     assert resumed["val_acc"] == full["val_acc"] and resumed["test_acc"] == full["test_acc"]

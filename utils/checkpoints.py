@@ -43,8 +43,9 @@ def cpu_state_dict(model):
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
 
-def make_checkpoint(model, m_name, dataset, stage, args=None, metrics=None, **extra):
-    """Our checkpoint dict for `model` (sparsity from its masks; 0 for a dense model)."""
+def make_checkpoint(model, m_name, dataset, stage, arguments=None, metrics=None, **extra):
+    """Our checkpoint dict for `model` (sparsity from its masks; 0 for a dense model); `arguments`: the
+    run's arguments as printed (hparams.record), stored under "args"."""
     total, surviving, _ = count_pruned_params(model)
     ckpt = {
         "format": FORMAT,
@@ -56,15 +57,15 @@ def make_checkpoint(model, m_name, dataset, stage, args=None, metrics=None, **ex
         "prunable_params": total,
         "state_dict": cpu_state_dict(model),
         "metrics": jsonable(metrics or {}),
-        "args": jsonable(args or {}),
+        "args": jsonable(arguments or {}),
     }
     ckpt.update(extra)
     return ckpt
 
 
-def save_checkpoint(path, model, m_name, dataset, stage, args=None, metrics=None, **extra):
+def save_checkpoint(path, model, m_name, dataset, stage, arguments=None, metrics=None, **extra):
     """Build our checkpoint dict for `model` and write it atomically. Returns the path."""
-    return atomic_torch_save(make_checkpoint(model, m_name, dataset, stage, args, metrics, **extra), path)
+    return atomic_torch_save(make_checkpoint(model, m_name, dataset, stage, arguments, metrics, **extra), path)
 
 
 def _strip_prefix(state_dict, prefix="module."):

@@ -11,10 +11,13 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from models import canonical_model_name
+
 from utils import cli, paths
 from utils.checkpoints import check_model_name, load_checkpoint, load_state_into, model_from_checkpoint, save_checkpoint
 from utils.compute import ComputeLedger, MacCounter, recorded_flops
 from utils.errors import BridgeError
+from utils.hparams import DataHparams, Hparams, ModelSource, RuntimeHparams, flag, record
 from utils.plots import plot_accuracy_vs_sparsity, plot_finetune_curve
 from utils.progress import log
 from utils.records import append_jsonl, read_jsonl, write_csv
@@ -25,23 +28,62 @@ from utils.training import adamw_finetune_optimizer, clone_state, evaluate, fine
 PUBLISHED_STEPS = {"iterative": 40 * 313, "oneshot": 400 * 313}
 
 
-def add_finetune_args(p):
-    p.add_argument("--finetune_epochs", type=float, default=None, help="finetune length per level in epochs")
-    p.add_argument("--finetune_steps", type=int, default=None,
-                   help="finetune length per level in optimizer steps (default: the published 12,520 / 125,200)")
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--weight_decay", type=float, default=0.01)
-    p.add_argument("--patience", type=int, default=50, help="finetune early stop after this many evaluations without gain")
-    p.add_argument("--eval_every", type=int, default=None,
-                   help="evaluate (and keep the best state) every this many finetune steps instead of every epoch; "
-                        "each evaluation is a row of {level}_evals.jsonl (the accuracy-vs-steps curve)")
-    p.add_argument("--save_at", type=int, nargs="+", default=[],
-                   help="also save, at these step counts, the checkpoint a finetune of that many steps would end "
-                        "with (the best evaluated state so far): {level}_steps{N}.pth; needs --eval_every dividing them")
-    p.add_argument("--dense_ckpt", default=None, help="dense model (default {work_dir}/{m_name}/checkpoint/ckpt.pth)")
-    p.add_argument("--work_dir", default=".", help="folder holding the {m_name}/ output tree")
-    p.add_argument("--resume", action="store_true", help="skip levels already saved in the output folder")
-    p.add_argument("--trust_pickle", action="store_true", help="allow reading pickled published checkpoints")
+@dataclass(frozen=True)
+class LevelFinetuneHparams(Hparams):
+    """The finetune after each pruning level."""
+
+    group = "finetune"
+
+    finetune_epochs: float = flag(None, "finetune length per level in epochs", type=float)
+    finetune_steps: int = flag(None, "finetune length per level in optimizer steps (default: the published 12,520 / "
+                               "125,200)", type=int)
+    lr: float = flag(3e-4, "", type=float)
+    weight_decay: float = flag(0.01, "", type=float)
+    patience: int = flag(50, "finetune early stop after this many evaluations without gain", type=int)
+    eval_every: int = flag(None, "evaluate (and keep the best state) every this many finetune steps instead of every "
+                           "epoch; each evaluation is a row of {level}_evals.jsonl (the accuracy-vs-steps curve)",
+                           type=int)
+    save_at: tuple = flag([], "also save, at these step counts, the checkpoint a finetune of that many steps would end "
+                          "with (the best evaluated state so far): {level}_steps{N}.pth; needs --eval_every dividing "
+                          "them", type=int, nargs="+")
+    resume: bool = flag(False, "skip levels already saved in the output folder", action="store_true")
+
+    def steps(self, mode, steps_per_epoch):
+        """The finetune length per level: --finetune_steps, --finetune_epochs, else the published budget."""
+        if self.finetune_steps is not None and self.finetune_epochs is not None:
+            raise BridgeError("give --finetune_steps or --finetune_epochs, not both")
+        if self.finetune_steps is not None:
+            return self.finetune_steps
+        if self.finetune_epochs is not None:
+            return max(0, int(round(self.finetune_epochs * steps_per_epoch)))
+        return PUBLISHED_STEPS[mode]
+
+
+@dataclass(frozen=True)
+class PruningHparams:
+    """Everything the pruning stages are configured by (the pruner's own flags stay in its script)."""
+
+    source: ModelSource
+    data: DataHparams
+    runtime: RuntimeHparams
+    finetune: LevelFinetuneHparams
+
+    @staticmethod
+    def add_args(p, m_name):
+        ModelSource.add_args(p, defaults={"m_name": m_name})
+        LevelFinetuneHparams.add_args(p)
+        DataHparams.add_args(p)
+        RuntimeHparams.add_args(p)
+
+    @classmethod
+    def from_args(cls, args):
+        source = ModelSource.from_args(args)
+        return cls(source.replace(m_name=canonical_model_name(source.m_name)), DataHparams.from_args(args),
+                   RuntimeHparams.from_args(args), LevelFinetuneHparams.from_args(args))
+
+    def record(self, args):
+        """The run's arguments as printed and stored in its checkpoints."""
+        return record(args, self.source, self.data, self.runtime, self.finetune)
 
 
 def check_eval_grid(eval_every, save_at, steps):
@@ -59,16 +101,6 @@ def check_eval_grid(eval_every, save_at, steps):
 def snapshot_path(level_path, steps):
     """Where --save_at N writes the N-step checkpoint of a level."""
     return f"{os.path.splitext(level_path)[0]}_steps{steps}.pth"
-
-
-def finetune_steps(args, mode, steps_per_epoch):
-    if args.finetune_steps is not None and args.finetune_epochs is not None:
-        raise BridgeError("give --finetune_steps or --finetune_epochs, not both")
-    if args.finetune_steps is not None:
-        return args.finetune_steps
-    if args.finetune_epochs is not None:
-        return max(0, int(round(args.finetune_epochs * steps_per_epoch)))
-    return PUBLISHED_STEPS[mode]
 
 
 @dataclass
@@ -93,19 +125,21 @@ class PruningPlan:
     axis_label: str = "sparsity (fraction of prunable weights removed)"
 
 
-def run_pruning(args, plan):
-    """Run every level of `plan` (see module docstring); returns the table rows."""
-    device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device, args.compile)
-    set_seed(args.seed)
-    data = cli.build_data(args, device)
+def run_pruning(hp, plan, record):
+    """Run every level of `plan` configured by `hp` (PruningHparams; see module docstring); `record`: the
+    arguments stored in the checkpoints. Returns the table rows."""
+    m_name, seed, ft = hp.source.m_name, hp.runtime.seed, hp.finetune
+    device = resolve_device(hp.runtime.device)
+    precision = resolve_precision(hp.runtime.precision, device, hp.runtime.compile)
+    set_seed(seed)
+    data = cli.build_data(hp.data, seed, device, m_name)
     log(data.describe() + f" | device {device} | precision {precision.name}")
-    dense_path = args.dense_ckpt or paths.dense_checkpoint(args.work_dir, args.m_name)
-    out_dir = cli.check_writable(os.path.join(args.work_dir, args.m_name, plan.folder))
+    dense_path = hp.source.dense_path()
+    out_dir = cli.check_writable(os.path.join(hp.source.work_dir, m_name, plan.folder))
     log_path = os.path.join(out_dir, "prune_log.jsonl")
-    steps = finetune_steps(args, plan.mode, len(data.train))
-    check_eval_grid(args.eval_every, args.save_at, steps)
-    dense_model, _ = model_from_checkpoint(dense_path, args.m_name, expect="dense", trust_pickle=args.trust_pickle)
+    steps = ft.steps(plan.mode, len(data.train))
+    check_eval_grid(ft.eval_every, ft.save_at, steps)
+    dense_model, _ = model_from_checkpoint(dense_path, m_name, expect="dense", trust_pickle=hp.source.trust_pickle)
     model = to_device(plan.add_masks(dense_model), device, precision)
     dense_state = clone_state(model)  # all-ones masks: every one-shot target restarts from it
     macs = MacCounter(model, data.spec.image_size)
@@ -114,7 +148,7 @@ def run_pruning(args, plan):
     log(f"dense model {dense_path}: val acc {dense_val:.2f} | finetune {steps} steps per level "
         f"({steps / max(len(data.train), 1):.1f} epochs)")
     done = {}
-    for row in read_jsonl(log_path) if args.resume else []:
+    for row in read_jsonl(log_path) if ft.resume else []:
         if row.get("pruner") == plan.method and os.path.isfile(row["path"]):
             done[(row["mode"], row["key"])] = row
 
@@ -123,12 +157,12 @@ def run_pruning(args, plan):
     def save_snapshot(path, steps_done, best_state, val_acc, flops, extra_keys):
         """The checkpoint a `steps_done`-step finetune would end with (see --save_at), with its test accuracy."""
         if not probe:
-            fresh, _ = model_from_checkpoint(dense_path, args.m_name, expect="dense", trust_pickle=args.trust_pickle)
+            fresh, _ = model_from_checkpoint(dense_path, m_name, expect="dense", trust_pickle=hp.source.trust_pickle)
             probe.append(to_device(plan.add_masks(fresh), device, precision))
         probe[0].load_state_dict(best_state)
         test_acc, _ = evaluate(probe[0], data.test, device, precision)
         snap = snapshot_path(path, steps_done)
-        save_checkpoint(snap, probe[0], args.m_name, data.spec.name, plan.stage, args,
+        save_checkpoint(snap, probe[0], m_name, data.spec.name, plan.stage, record,
                         {"val_acc": val_acc, "test_acc": test_acc}, finetune_steps=steps_done,
                         training_flops=flops.record(), **extra_keys)
         log(f"[{plan.mode}] {steps_done}-step state: val {val_acc:.2f}, test {test_acc:.2f} -> {snap}")
@@ -138,7 +172,7 @@ def run_pruning(args, plan):
         plan.prune(model, amount, data)
         sp = plan.sparsity(model)
         pruned_val, _ = evaluate(model, data.val, device, precision)
-        path = os.path.join(out_dir, paths.level_filename(args.m_name, sp))
+        path = os.path.join(out_dir, paths.level_filename(m_name, sp))
         # iterative levels continue the level before; one-shot levels (and transplants) start from the dense model
         ledger = ComputeLedger(*(prev_flops if plan.mode == "iterative" else (plan.inherited_flops, plan.inherited_from)))
         level_macs = macs(model)
@@ -154,23 +188,23 @@ def run_pruning(args, plan):
             upto = ComputeLedger(ledger.inherited, ledger.inherited_from, dict(ledger.stages))
             upto.add_pass("prune_finetune", level_macs, row["images"], backward=True)
             append_jsonl(evals_path, {**row, "training_flops": upto.total})
-            if row["steps"] in args.save_at:
+            if row["steps"] in ft.save_at:
                 save_snapshot(path, row["steps"], best_state, max(r["val_acc"] for r in evals), upto, extra_keys)
 
-        set_seed(args.seed + (key if isinstance(key, int) else int(round(target * 1e4))))
-        opt = adamw_finetune_optimizer(model, args.lr, args.weight_decay)
-        res = finetune(model, data.train, data.val, opt, device, precision, steps=steps, patience=args.patience,
-                       desc=f"{plan.mode} sp={sp:.4f}", ddp=True, eval_every=args.eval_every, on_eval=on_eval)
+        set_seed(seed + (key if isinstance(key, int) else int(round(target * 1e4))))
+        opt = adamw_finetune_optimizer(model, ft.lr, ft.weight_decay)
+        res = finetune(model, data.train, data.val, opt, device, precision, steps=steps, patience=ft.patience,
+                       desc=f"{plan.mode} sp={sp:.4f}", ddp=True, eval_every=ft.eval_every, on_eval=on_eval)
         ledger.add_pass("prune_finetune", level_macs, res.images, backward=True)
         prev_flops[:] = [ledger.total, path]
         test_acc, _ = evaluate(model, data.test, device, precision)
         extra = plan.extra_metrics(model) if plan.extra_metrics else {}
         metrics = {"val_acc": res.best_val_acc, "test_acc": test_acc, "val_acc_before_finetune": pruned_val}
-        save_checkpoint(path, model, args.m_name, data.spec.name, plan.stage, args, metrics,
+        save_checkpoint(path, model, m_name, data.spec.name, plan.stage, record, metrics,
                         finetune_steps=res.steps, training_flops=ledger.record(), **extra_keys, **extra)
-        if args.eval_every is not None and evals:
+        if ft.eval_every is not None and evals:
             plot_finetune_curve(evals, os.path.splitext(path)[0] + "_evals.png",
-                                f"{args.m_name} {plan.method} {plan.mode} at {plan.x_label} {sp:.4f}: finetune")
+                                f"{m_name} {plan.method} {plan.mode} at {plan.x_label} {sp:.4f}: finetune")
         row = {"mode": plan.mode, "key": key, "pruner": plan.method, "amount": amount, "target_sparsity": target,
                "sparsity": sp, "val_acc_before_finetune": pruned_val, "val_acc": res.best_val_acc,
                "test_acc": test_acc, "finetune_steps": res.steps, "best_steps": res.best_steps,
@@ -183,7 +217,7 @@ def run_pruning(args, plan):
 
     if plan.mode == "iterative":
         start, end = plan.iter_range
-        while args.resume and (plan.mode, start) in done and start <= end:
+        while ft.resume and (plan.mode, start) in done and start <= end:
             start += 1
         if start > 1:
             prev = done.get((plan.mode, start - 1)) or _find_level(log_path, plan.method, start - 1)
@@ -191,7 +225,7 @@ def run_pruning(args, plan):
                 raise BridgeError(f"level {start - 1} is needed to start at level {start} but no checkpoint for it "
                                   f"is recorded in {log_path}; start at --iter_start 1")
             ckpt = load_checkpoint(prev["path"])
-            check_model_name(ckpt, args.m_name, prev["path"])
+            check_model_name(ckpt, m_name, prev["path"])
             load_state_into(model, {k: v.to(device) for k, v in ckpt["state_dict"].items()}, prev["path"])
             prev_flops[:] = [recorded_flops(ckpt), prev["path"]]
             log(f"starting from level {start - 1}: {prev['path']} ({plan.x_label} {prev['sparsity']:.4f})")
@@ -211,7 +245,7 @@ def run_pruning(args, plan):
     series = {f"{plan.method} {plan.mode} (val)": [(r["sparsity"], r["val_acc"]) for r in rows],
               f"{plan.method} {plan.mode} (test)": [(r["sparsity"], r["test_acc"]) for r in rows]}
     png = plot_accuracy_vs_sparsity(series, os.path.join(out_dir, "accuracy_vs_sparsity.png"),
-                                    f"{args.m_name} {plan.folder} pruning ({plan.method}); dense val {dense_val:.2f}",
+                                    f"{m_name} {plan.folder} pruning ({plan.method}); dense val {dense_val:.2f}",
                                     xlabel=plan.axis_label)
     log(f"wrote checkpoints to {out_dir}/, table {csv_path}, curve {png}")
     return rows

@@ -74,20 +74,12 @@ def cosine_with_warmup(optimizer, total_steps, warmup_fraction=0.05):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def final_finetune_steps(args, steps_per_epoch):
-    """The final finetune's length in steps from --finetune_steps / --finetune_epochs (0: none)."""
-    if getattr(args, "finetune_steps", None) is not None:
-        return max(0, int(args.finetune_steps))
-    epochs = args.finetune_epochs or 0
-    return max(1, int(round(epochs * steps_per_epoch))) if epochs > 0 else 0
-
-
 def final_finetune(setup, model, weight_idx, steps, desc="final finetune", evals_path=None):
     """Finetune the regrown model `steps` steps (scope per --finetune_scope, schedule per --finetune_schedule);
     returns (val, test, FinetuneResult or None). With --eval_every each evaluation is a row of `evals_path`."""
-    args = setup.args
+    hp = setup.hp.finetune
     res = None
-    regrown_only = args.finetune_scope == "regrown"
+    regrown_only = hp.finetune_scope == "regrown"
     if not steps or steps <= 0:
         pass
     elif regrown_only and not any(idx.numel() for idx in weight_idx.values()):
@@ -96,9 +88,9 @@ def final_finetune(setup, model, weight_idx, steps, desc="final finetune", evals
         after = restrict_to_regrown(model, weight_idx) if regrown_only else None
         params = [p for p in model.parameters() if p.requires_grad]
         weight_decay = 0.0 if regrown_only else 0.01
-        opt = torch.optim.AdamW(params, lr=args.finetune_lr, weight_decay=weight_decay)
-        schedule = cosine_with_warmup(opt, steps) if getattr(args, "finetune_schedule", "cosine") == "cosine" else None
-        eval_every = getattr(args, "eval_every", None)
+        opt = torch.optim.AdamW(params, lr=hp.finetune_lr, weight_decay=weight_decay)
+        schedule = cosine_with_warmup(opt, steps) if hp.finetune_schedule == "cosine" else None
+        eval_every = hp.eval_every
         if evals_path and eval_every and dist.is_main() and os.path.isfile(evals_path):
             os.remove(evals_path)
         macs, spent = setup.macs(model) if setup.macs else 0, setup.compute.total if setup.compute else 0.0
@@ -107,7 +99,7 @@ def final_finetune(setup, model, weight_idx, steps, desc="final finetune", evals
             if evals_path and eval_every and dist.is_main():
                 append_jsonl(evals_path, {**row, "training_flops": spent + pass_flops(macs, row["images"], True)})
 
-        set_seed(args.seed)
+        set_seed(setup.hp.runtime.seed)
         res = finetune(model, setup.data.train, setup.data.val, opt, setup.device, setup.precision, steps=steps,
                        scheduler=schedule, desc=desc, after_step=after, ddp=True, eval_every=eval_every,
                        on_eval=on_eval)

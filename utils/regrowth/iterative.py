@@ -17,11 +17,11 @@ from utils.progress import log
 from utils.pruning_curve import load_pruning_curve
 from utils.records import WandbLog, append_jsonl, read_jsonl, write_json, write_jsonl
 from utils.regrowth.env import RegrowthEnv
-from utils.regrowth.final_finetune import final_finetune, final_finetune_steps, regrown_since, weight_masks
+from utils.regrowth.final_finetune import final_finetune, regrown_since, weight_masks
 from utils.regrowth.outputs import save_model, write_search_outputs
 from utils.regrowth.search import ensure_best_states, run_search, search_flops
-from utils.regrowth.setup import (search_config, calibrated_reference, make_reinforce, mini_finetune_steps, prepare,
-                                  reward_proxy, work_model_like)
+from utils.regrowth.setup import (search_config, calibrated_reference, make_reinforce, prepare, reward_proxy,
+                                  work_model_like)
 from utils.training import clone_state, evaluate
 
 
@@ -35,34 +35,38 @@ def completed_iterations(run_dir):
     return done
 
 
-def run_iterative(args, kind_cls, *, baseline_dir, run_dir, script, rl_options):
-    """Several regrowth steps, each rewarded against the pruning curve in `baseline_dir`."""
-    cli.check_fraction("--target_sparsity", args.target_sparsity)
-    for name in ("min_budget_frac", "max_budget_frac"):
-        cli.check_fraction(f"--{name}", getattr(args, name), low_inclusive=False)
-    if args.min_budget_frac > args.max_budget_frac or args.budget_space_size < 1:
+def run_iterative(hp, loop, kind_cls, *, record, baseline_dir, run_dir, script, shape):
+    """Several regrowth steps, each rewarded against the pruning curve in `baseline_dir`.
+
+    hp: RegrowthHparams; loop: IterativeHparams; record: the arguments as printed and stored;
+    shape: the controller's PolicyShape (its action space is loop.alloc_space_size)."""
+    cli.check_fraction("--target_sparsity", loop.target_sparsity)
+    cli.check_fraction("--min_budget_frac", loop.min_budget_frac, low_inclusive=False)
+    cli.check_fraction("--max_budget_frac", loop.max_budget_frac, low_inclusive=False)
+    if loop.min_budget_frac > loop.max_budget_frac or loop.budget_space_size < 1:
         raise BridgeError("need --min_budget_frac <= --max_budget_frac and --budget_space_size >= 1")
-    if args.reward_proxy in ("saliency", "gradient") or args.reward_metric == "loss":
+    search, m_name, seed = hp.search, hp.source.m_name, hp.runtime.seed
+    if hp.reward.reward_proxy in ("saliency", "gradient") or hp.reward.reward_metric == "loss":
         raise BridgeError("the iterative search chooses the budget too, and only an accuracy set against the pruning "
                           "curve keeps a larger budget from always winning: use --reward_metric acc with "
                           "--reward_proxy steps or bn")
     curve = load_pruning_curve(baseline_dir)
-    sparse_path = args.initial_ckpt or curve.sources[-1]
-    cli.print_args(args, script)
+    sparse_path = loop.initial_ckpt or curve.sources[-1]
+    cli.print_args(record, script)
     cli.check_writable(run_dir)
     log(curve.describe() + f" from {baseline_dir}")
     t_run = time.perf_counter()
-    setup, current, _ = prepare(args, sparse_path)
+    setup, current, _ = prepare(hp, sparse_path, record)
     start_masks = weight_masks(current)  # what every iteration's regrowth is measured from
     kind = kind_cls(setup)
     iter_log = os.path.join(run_dir, "iterations.jsonl")
-    steps = mini_finetune_steps(args, len(setup.data.train))
-    budget_options = torch.linspace(args.min_budget_frac, args.max_budget_frac, args.budget_space_size).tolist()
+    steps = hp.reward.steps(len(setup.data.train))
+    budget_options = torch.linspace(loop.min_budget_frac, loop.max_budget_frac, loop.budget_space_size).tolist()
 
     start_iter, done = 0, completed_iterations(run_dir)
-    if args.resume_iter is not None:
-        start_iter = args.resume_iter
-    elif args.resume:
+    if loop.resume_iter is not None:
+        start_iter = loop.resume_iter
+    elif search.resume:
         while start_iter in done:
             start_iter += 1
     elif done:
@@ -84,14 +88,14 @@ def run_iterative(args, kind_cls, *, baseline_dir, run_dir, script, rl_options):
         rows = [{"iteration": -1, "sparsity": sp0, "val_acc": v0, "test_acc": t0, "baseline_val_acc": curve(sp0),
                  "path": sparse_path}]
     write_jsonl(iter_log, rows)
-    wandb = WandbLog(args.wandb, "bridge_" + kind.stage_prefix + "_iterative",
-                     f"{args.m_name}_{args.start_sparsity or 'start'}", vars(args))
+    wandb = WandbLog(search.wandb, "bridge_" + kind.stage_prefix + "_iterative",
+                     f"{m_name}_{loop.start_sparsity or 'start'}", record)
     work = work_model_like(setup, current.state_dict())
 
-    for it in range(start_iter, args.num_iters):
+    for it in range(start_iter, loop.num_iters):
         sp = kind.sparsity(current)
-        if sp <= args.target_sparsity + 1e-3:
-            log(f"sparsity {sp:.4f} reached the target {args.target_sparsity}")
+        if sp <= loop.target_sparsity + 1e-3:
+            log(f"sparsity {sp:.4f} reached the target {loop.target_sparsity}")
             break
         cur_val, _ = evaluate(current, setup.data.val, setup.device, setup.precision)
         log(f"==== iteration {it}: {kind.describe(current)} | val {cur_val:.2f} | pruning curve there "
@@ -102,20 +106,18 @@ def run_iterative(args, kind_cls, *, baseline_dir, run_dir, script, rl_options):
             break
         reference = calibrated_reference(setup, current, curve, cur_val)
         env = RegrowthEnv(work, clone_state(current), kind.regrower(space, current), setup.reward_train,
-                          setup.reward_val, setup.device, setup.precision, reward_proxy(args, steps), reference,
-                          args.budget_bonus, kind.total(), args.seed + it, macs=setup.macs)
-        reinforce = (make_reinforce(args, args.alloc_space_size, args.budget_space_size, rl_options["advantage"],
-                                    rl_options["clip"]) if args.allocator == "rl" else None)
-        cfg = search_config(args, space, budget_options=budget_options, position="iterative",
-                             guard=kind.guard_layer(space),
-                             top_up=kind.top_up_order(space, current) if rl_options.get("top_up") else None)
-        cfg.seed = args.seed + it
+                          setup.reward_val, setup.device, setup.precision, reward_proxy(hp.reward, steps), reference,
+                          search.budget_bonus, kind.total(), seed + it, macs=setup.macs)
+        reinforce = make_reinforce(hp, shape, loop.budget_space_size) if search.allocator == "rl" else None
+        cfg = search_config(hp, space, seed + it, budget_options=budget_options, position="iterative",
+                            guard=kind.guard_layer(space),
+                            top_up=kind.top_up_order(space, current) if shape.top_up else None)
         it_dir = os.path.join(run_dir, f"iter_{it}")
-        resume_search = args.resume and os.path.isfile(os.path.join(it_dir, "search_state.pth"))
+        resume_search = search.resume and os.path.isfile(os.path.join(it_dir, "search_state.pth"))
         t_it = time.perf_counter()
         outcome = run_search(env, space.names, space.ssim, space.capacities, cfg, reinforce, it_dir, resume_search,
                              on_episode=lambda e, r: wandb.log({"iteration": it, "episode": e + 1, "reward": r.reward}),
-                             tag=f"iter {it} {args.allocator}")
+                             tag=f"iter {it} {search.allocator}")
         setup.compute.add("search", search_flops(outcome.rows))
         best = ensure_best_states(env, outcome)
         load_state_into(current, {k: v.to(setup.device) for k, v in best.post_state.items()})
@@ -128,7 +130,7 @@ def run_iterative(args, kind_cls, *, baseline_dir, run_dir, script, rl_options):
                           iteration=it, allocation=best.allocation, reward=best.reward,
                           budget_frac=outcome.best_row().get("budget_frac"))
         write_search_outputs(it_dir, outcome.rows, space, best.allocation,
-                             f"{args.m_name} iteration {it} ({args.allocator})")
+                             f"{m_name} iteration {it} ({search.allocator})")
         row = {"iteration": it, "sparsity": new_sp, "val_acc": val_acc, "test_acc": test_acc,
                "baseline_val_acc": curve(new_sp), "delta_baseline_pp": val_acc - curve(new_sp),
                "regrown": best.regrown, "best_reward": best.reward, "episodes": outcome.episodes,
@@ -139,13 +141,13 @@ def run_iterative(args, kind_cls, *, baseline_dir, run_dir, script, rl_options):
         log(f"==== iteration {it} done: sparsity {sp:.4f} -> {new_sp:.4f} | val {val_acc:.2f} (curve "
             f"{curve(new_sp):.2f}, {val_acc - curve(new_sp):+.2f} pp) | test {test_acc:.2f} | {row['seconds']:.0f} s "
             f"| {path}")
-        if new_sp <= args.target_sparsity + 1e-3:
-            log(f"target sparsity {args.target_sparsity} reached")
+        if new_sp <= loop.target_sparsity + 1e-3:
+            log(f"target sparsity {loop.target_sparsity} reached")
             break
 
     final_val, final_test = rows[-1]["val_acc"], rows[-1]["test_acc"]
     final_path = None
-    ft_steps = final_finetune_steps(args, len(setup.data.train))
+    ft_steps = hp.finetune.steps(len(setup.data.train))
     if ft_steps:
         regrown = regrown_since(start_masks, current)  # union of all iterations' regrown weights
         final_val, final_test, _ = final_finetune(setup, current, regrown, ft_steps,
@@ -154,15 +156,15 @@ def run_iterative(args, kind_cls, *, baseline_dir, run_dir, script, rl_options):
                                 f"{kind.stage_prefix}_iterative_final", {"val_acc": final_val, "test_acc": final_test},
                                 kind)
     final_sp = kind.sparsity(current)
-    summary = {"model": args.m_name, "kind": kind.unit_label, "start_ckpt": sparse_path, "baseline_dir": baseline_dir,
+    summary = {"model": m_name, "kind": kind.unit_label, "start_ckpt": sparse_path, "baseline_dir": baseline_dir,
                "iterations": rows, "final_sparsity": final_sp, "final_val_acc": final_val, "final_test_acc": final_test,
                "final_checkpoint": final_path, "mini_finetune_steps": steps, "final_finetune_steps": ft_steps,
                "training_flops": setup.compute.record(),
                "run_seconds": time.perf_counter() - t_run, "final_description": kind.describe(current),
-               "seed": args.seed, "args": jsonable(args)}
+               "seed": seed, "args": jsonable(record)}
     write_json(os.path.join(run_dir, "summary.json"), summary)
     with open(os.path.join(run_dir, "search_summary.txt") if dist.is_main() else os.devnull, "w") as fh:
-        fh.write(f"model: {args.m_name}\nstart: {sparse_path}\npruning curve: {baseline_dir} ({curve.metric})\n")
+        fh.write(f"model: {m_name}\nstart: {sparse_path}\npruning curve: {baseline_dir} ({curve.metric})\n")
         fh.write(f"{'iter':>4} {'sparsity':>9} {'val acc':>8} {'curve':>8} {'delta pp':>9} {'test acc':>9}\n")
         for r in rows:
             fh.write(f"{r['iteration']:>4} {r['sparsity']:>9.4f} {r['val_acc']:>8.2f} {r['baseline_val_acc']:>8.2f} "
@@ -170,7 +172,7 @@ def run_iterative(args, kind_cls, *, baseline_dir, run_dir, script, rl_options):
         fh.write(f"final: sparsity {final_sp:.4f}, val {final_val:.2f}, test {final_test:.2f}\n")
     png = plot_accuracy_vs_sparsity({"pruning curve (val)": curve.points},
                                     os.path.join(run_dir, "trajectory.png"),
-                                    f"{args.m_name} iterative {kind.unit_label} regrowth",
+                                    f"{m_name} iterative {kind.unit_label} regrowth",
                                     points={"regrowth iterations (val)": [(r["sparsity"], r["val_acc"]) for r in rows]},
                                     arrows=[((a["sparsity"], a["val_acc"]), (b["sparsity"], b["val_acc"]))
                                             for a, b in zip(rows, rows[1:])])

@@ -52,18 +52,18 @@ def _pass_precision(setup):
 def _conv_ssim(setup, model, names):
     """SSIM per conv layer (dense vs `model`), cached by both models' contents, the data and where it ran."""
     t0 = time.perf_counter()
-    images = images_in_batches(setup.data.val, setup.args.ssim_num_batches)
+    images = images_in_batches(setup.data.val, setup.hp.search.ssim_num_batches)
     setup.charge("ssim", setup.dense, images, backward=False)  # counted whether or not the cache answers
     setup.charge("ssim", model, images, backward=False)
 
     def compute():
-        return layer_ssim(setup.dense, model, setup.data.val, setup.device, names, setup.args.ssim_num_batches,
+        return layer_ssim(setup.dense, model, setup.data.val, setup.device, names, setup.hp.search.ssim_num_batches,
                           _pass_precision(setup))
 
     if not setup.cache or not setup.cache.folder:
         return compute(), time.perf_counter() - t0
     key = cache_key("ssim", dense=setup.dense_digest, sparse=state_digest(model.state_dict()), layers=names,
-                    batches=setup.args.ssim_num_batches, data=setup.data_key(),
+                    batches=setup.hp.search.ssim_num_batches, data=setup.data_key(),
                     context=compute_context(setup.device, _pass_precision(setup)))
     return setup.cache.get_or_compute(key, compute, "SSIM"), time.perf_counter() - t0
 
@@ -73,7 +73,7 @@ def _cached(setup, kind, names, compute, **extra):
     the arguments and where it ran."""
     if not setup.cache or not setup.cache.folder:
         return compute()
-    key = cache_key(kind, dense=setup.dense_digest, layers=names, batches=setup.args.saliency_batches,
+    key = cache_key(kind, dense=setup.dense_digest, layers=names, batches=setup.hp.search.saliency_batches,
                     data=setup.data_key(), context=compute_context(setup.device, _pass_precision(setup)), **extra)
     return setup.cache.get_or_compute(key, compute, kind)
 
@@ -85,7 +85,7 @@ def _dense_pass(setup, store, names, kind, compute, **extra):
     if not missing:
         return [], 0.0
     t0 = time.perf_counter()
-    setup.charge("saliency", setup.dense, images_in_batches(setup.data.train, setup.args.saliency_batches),
+    setup.charge("saliency", setup.dense, images_in_batches(setup.data.train, setup.hp.search.saliency_batches),
                  backward=True)
     store.update(_cached(setup, kind, missing, lambda: compute(missing), **extra))
     return missing, time.perf_counter() - t0
@@ -107,26 +107,26 @@ class UnstructuredKind:
         return model_sparsity(model)
 
     def search_space(self, model, top_up_to=None):
-        args = self.setup.args
+        search = self.setup.hp.search
         ssim, secs = _conv_ssim(self.setup, model, self.setup.masked_names)
-        names, fallback = select_search_space(ssim, self.setup.masked_names, args.ssim_threshold, args.include_linear)
+        names, fallback = select_search_space(ssim, self.setup.masked_names, search.ssim_threshold, search.include_linear)
         caps_all = layer_capacities(model, self.setup.masked_names)
         names = [n for n in names if caps_all[n] > 0] or names
-        log(f"SSIM (dense vs sparse, {args.ssim_num_batches} val batches, {secs:.1f} s):")
+        log(f"SSIM (dense vs sparse, {search.ssim_num_batches} val batches, {secs:.1f} s):")
         log(format_ssim_table(ssim, self.setup.masked_names, names, caps_all))
         if fallback:
-            log(f"no layer has SSIM <= {args.ssim_threshold}: searching only the lowest-SSIM layer {names[0]} "
+            log(f"no layer has SSIM <= {search.ssim_threshold}: searching only the lowest-SSIM layer {names[0]} "
                 "(raise --ssim_threshold to search more layers)")
         return SearchSpace(names, ssim, {n: caps_all[n] for n in names}, None, fallback)
 
     def saliency(self, names):
         setup = self.setup
         missing, secs = _dense_pass(setup, self._saliency, names, "saliency", lambda missing: weight_saliency(
-            setup.dense, setup.data.train, missing, setup.device, setup.args.saliency_batches, _pass_precision(setup)))
+            setup.dense, setup.data.train, missing, setup.device, setup.hp.search.saliency_batches, _pass_precision(setup)))
         if missing:
             means = layer_mean_saliency({n: self._saliency[n] for n in missing})
             log(f"saliency (dL/dθ)²·θ² of {len(missing)} layer(s) on the dense model over "
-                f"{setup.args.saliency_batches or len(setup.data.train)} train batches: {secs:.1f} s;"
+                f"{setup.hp.search.saliency_batches or len(setup.data.train)} train batches: {secs:.1f} s;"
                 " mean " + ", ".join(f"{n} {v:.2e}" for n, v in list(means.items())[:5])
                 + (" ..." if len(means) > 5 else ""))
         return {n: self._saliency[n] for n in names}
@@ -136,24 +136,24 @@ class UnstructuredKind:
         (the gradient reward proxy), cached by the model's content."""
         setup = self.setup
         t0 = time.perf_counter()
-        setup.charge("gradient", model, images_in_batches(setup.data.train, setup.args.saliency_batches),
+        setup.charge("gradient", model, images_in_batches(setup.data.train, setup.hp.search.saliency_batches),
                      backward=True)
 
         def compute():
-            grads = weight_gradient(model, setup.data.train, names, setup.device, setup.args.saliency_batches,
+            grads = weight_gradient(model, setup.data.train, names, setup.device, setup.hp.search.saliency_batches,
                                     _pass_precision(setup))
             modules = dict(model.named_modules())
             return {n: g * (modules[n].weight_mask.detach().cpu() == 0) for n, g in grads.items()}
 
         if setup.cache and setup.cache.folder:
             key = cache_key("pruned_gradient", sparse=state_digest(model.state_dict()), layers=names,
-                            batches=setup.args.saliency_batches, data=setup.data_key(),
+                            batches=setup.hp.search.saliency_batches, data=setup.data_key(),
                             context=compute_context(setup.device, _pass_precision(setup)))
             grads = setup.cache.get_or_compute(key, compute, "gradient")
         else:
             grads = compute()
         log(f"gradient |dL/dθ| of the start model at pruned positions of {len(names)} layer(s) over "
-            f"{setup.args.saliency_batches or len(setup.data.train)} train batches: {time.perf_counter() - t0:.1f} s")
+            f"{setup.hp.search.saliency_batches or len(setup.data.train)} train batches: {time.perf_counter() - t0:.1f} s")
         return grads
 
     def reference_weights(self):
@@ -165,7 +165,7 @@ class UnstructuredKind:
         """{layer: score per weight}; regrowth restores the pruned positions with the highest (--selection):
         saliency on the dense model, dense |w| (magnitude), |dL/dθ| of `model`, the sparse start (gradient),
         or uniform random draws (random: one generator per layer, seeded by --seed and the layer's name)."""
-        selection = getattr(self.setup.args, "selection", "saliency")
+        selection = self.setup.hp.search.selection
         if selection == "saliency":
             return self.saliency(names)
         if selection == "magnitude":
@@ -177,14 +177,14 @@ class UnstructuredKind:
             return self.pruned_gradient(model, names)
         if selection == "random":
             ref = self.reference_weights()
-            return {n: torch.rand(ref[n].shape, generator=random_selection_generator(self.setup.args.seed, n))
+            return {n: torch.rand(ref[n].shape, generator=random_selection_generator(self.setup.hp.runtime.seed, n))
                     for n in names}
         raise UnknownChoiceError("selection", selection, ("saliency", "magnitude", "gradient", "random"))
 
     def regrower(self, space, model=None):
         """The regrower of `space`; `model` (the sparse start) is needed by --selection gradient."""
         return WeightRegrower(self.selection_scores(space.names, model), self.reference_weights(),
-                              self.setup.args.init_strategy)
+                              self.setup.hp.search.init_strategy)
 
     def guard_layer(self, space):
         """The published iterative safeguard: the searchable layer with the largest mean saliency."""
@@ -212,7 +212,7 @@ class StructuredKind:
 
     def __init__(self, setup):
         self.setup = setup
-        self.groups = channel_groups(setup.args.m_name)
+        self.groups = channel_groups(setup.hp.source.m_name)
         self.by_root = {g.root: g for g in self.groups}
         self._scores = {}
         self._dense_state = None
@@ -224,19 +224,19 @@ class StructuredKind:
         return channel_sparsity(model)
 
     def search_space(self, model, top_up_to=None):
-        args = self.setup.args
+        search = self.setup.hp.search
         convs = list(dict.fromkeys(n for g in self.groups for n, _ in g.convs))
         conv_ssim, secs = _conv_ssim(self.setup, model, convs)
         ssim = group_ssim(conv_ssim, self.groups)
         roots = [g.root for g in self.groups]
         caps_all = group_capacities(model, self.groups)
         live = [r for r in roots if caps_all[r] > 0]
-        names, fallback = select_search_space({r: ssim[r] for r in live if r in ssim}, live, args.ssim_threshold)
+        names, fallback = select_search_space({r: ssim[r] for r in live if r in ssim}, live, search.ssim_threshold)
         if top_up_to is not None:
             rest = sorted((r for r in live if r not in names), key=lambda r: ssim.get(r, 1.0))
             while sum(caps_all[n] for n in names) < top_up_to and rest:
                 names.append(rest.pop(0))
-        log(f"SSIM per channel group (lowest over its convs; {args.ssim_num_batches} val batches, {secs:.1f} s):")
+        log(f"SSIM per channel group (lowest over its convs; {search.ssim_num_batches} val batches, {secs:.1f} s):")
         width = max(len(r) for r in roots)
         for r in roots:
             g = self.by_root[r]
@@ -244,7 +244,7 @@ class StructuredKind:
             s = f"{ssim[r]:+.4f}" if r in ssim else "   -   "
             log(f"  {r:<{width}}  x{g.cost:<2} ssim {s}  pruned {caps_all[r] // g.cost:>5}/{g.size:<5}{mark}")
         if fallback:
-            log(f"no group has SSIM <= {args.ssim_threshold}: searching the lowest-SSIM group(s) "
+            log(f"no group has SSIM <= {search.ssim_threshold}: searching the lowest-SSIM group(s) "
                 "(raise --ssim_threshold to search more)")
         return SearchSpace(names, ssim, {n: caps_all[n] for n in names}, {n: self.by_root[n].cost for n in names},
                            fallback)
@@ -253,10 +253,10 @@ class StructuredKind:
         setup = self.setup
         missing, secs = _dense_pass(setup, self._scores, names, "channel_scores", lambda missing: group_saliency(
             setup.dense, setup.data.train, [self.by_root[n] for n in missing], setup.device,
-            setup.args.regrowth_score, setup.args.saliency_batches, _pass_precision(setup)),
-            score=setup.args.regrowth_score)
+            setup.hp.search.regrowth_score, setup.hp.search.saliency_batches, _pass_precision(setup)),
+            score=setup.hp.search.regrowth_score)
         if missing:
-            log(f"channel scores ({setup.args.regrowth_score}) of {len(missing)} group(s) on the dense model: "
+            log(f"channel scores ({setup.hp.search.regrowth_score}) of {len(missing)} group(s) on the dense model: "
                 f"{secs:.1f} s")
         return {n: self._scores[n] for n in names}
 
@@ -266,7 +266,7 @@ class StructuredKind:
 
             self._dense_state = {k: v.detach().cpu() for k, v in unmasked_state_dict(self.setup.dense.state_dict()).items()}
         return FilterRegrower([self.by_root[n] for n in space.names], self.scores(space.names), self._dense_state,
-                              self.setup.args.init_strategy)
+                              self.setup.hp.search.init_strategy)
 
     def guard_layer(self, space):
         return None

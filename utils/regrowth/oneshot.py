@@ -16,28 +16,31 @@ from utils.errors import BridgeError
 from utils.progress import log
 from utils.records import WandbLog, write_json
 from utils.regrowth.env import RegrowthEnv
-from utils.regrowth.final_finetune import final_finetune, final_finetune_steps
+from utils.regrowth.final_finetune import final_finetune
 from utils.regrowth.outputs import save_model, write_search_outputs
 from utils.regrowth.search import run_search, search_flops
-from utils.regrowth.setup import (search_config, calibrated_reference, make_reinforce, mini_finetune_steps, prepare,
-                                  reward_proxy, work_model_like)
+from utils.regrowth.setup import (search_config, calibrated_reference, make_reinforce, prepare, reward_proxy,
+                                  work_model_like)
 from utils.stats import first_vs_last
 from utils.training import clone_state, evaluate
 
 
-def run_oneshot(args, kind_cls, *, sparse_path, out_dir, requested, reference, script, rl_options):
-    """One regrowth step (see module docstring).
+def run_oneshot(hp, kind_cls, *, record, sparse_path, out_dir, requested, reference, script, shape,
+                acc_baseline=None):
+    """One regrowth step (see module docstring) configured by `hp` (RegrowthHparams).
 
-    requested(setup, kind) -> budget asked for; reference(setup, kind, sparse_val) -> fn(sparsity) giving
-    the reward's reference accuracy; rl_options: {action_space_size, advantage, clip, position, top_up}.
+    record: the arguments as printed and stored; requested(setup, kind) -> budget asked for;
+    reference(setup, kind, sparse_val) -> fn(sparsity) giving the reward's reference accuracy;
+    shape: the controller's PolicyShape; acc_baseline: episodes above this accuracy (a fraction) are saved.
     """
-    cli.print_args(args, script)
+    cli.print_args(record, script)
     cli.check_writable(out_dir)
     t_run = time.perf_counter()
-    setup, sparse, _ = prepare(args, sparse_path)
+    search, m_name, seed = hp.search, hp.source.m_name, hp.runtime.seed
+    setup, sparse, _ = prepare(hp, sparse_path, record)
     kind = kind_cls(setup)
     want = requested(setup, kind)
-    space = kind.search_space(sparse, top_up_to=want if rl_options.get("top_up") else None)
+    space = kind.search_space(sparse, top_up_to=want if shape.top_up else None)
     capacity = sum(space.capacities.values())
     budget = min(want, capacity)
     log(f"total {kind.unit_label} {kind.total():,} | requested {want:,} | capacity of the search space "
@@ -52,16 +55,15 @@ def run_oneshot(args, kind_cls, *, sparse_path, out_dir, requested, reference, s
     ref_fn = calibrated_reference(setup, sparse, reference(setup, kind, sparse_val), sparse_val)
     log(f"sparse start {sparse_path}: {kind.describe(sparse)}, val {sparse_val:.2f}, test {sparse_test:.2f}")
 
-    steps = mini_finetune_steps(args, len(setup.data.train))
-    proxy = reward_proxy(args, steps, gradient=(lambda: kind.pruned_gradient(sparse, space.names))
+    steps = hp.reward.steps(len(setup.data.train))
+    proxy = reward_proxy(hp.reward, steps, gradient=(lambda: kind.pruned_gradient(sparse, space.names))
                          if hasattr(kind, "pruned_gradient") else None)
     env = RegrowthEnv(work_model_like(setup, sparse.state_dict()), clone_state(sparse), regrower, setup.reward_train,
-                      setup.reward_val, setup.device, setup.precision, proxy, ref_fn, args.budget_bonus, kind.total(),
-                      args.seed, macs=setup.macs)
-    reinforce = (make_reinforce(args, rl_options["action_space_size"], 0, rl_options["advantage"], rl_options["clip"])
-                 if args.allocator == "rl" else None)
-    wandb = WandbLog(args.wandb, "bridge_" + kind.stage_prefix, f"{args.m_name}_{start_sparsity:.4f}", vars(args))
-    log(f"search: allocator {args.allocator}, up to {args.num_epochs} episodes; reward proxy per episode: "
+                      setup.reward_val, setup.device, setup.precision, proxy, ref_fn, search.budget_bonus, kind.total(),
+                      seed, macs=setup.macs)
+    reinforce = make_reinforce(hp, shape) if search.allocator == "rl" else None
+    wandb = WandbLog(search.wandb, "bridge_" + kind.stage_prefix, f"{m_name}_{start_sparsity:.4f}", record)
+    log(f"search: allocator {search.allocator}, up to {search.num_epochs} episodes; reward proxy per episode: "
         f"{proxy.describe()}" + (f" ({steps / len(setup.data.train):.2f} epochs)" if proxy.name == "steps" else ""))
     stage = f"{kind.stage_prefix}_oneshot"
 
@@ -75,24 +77,23 @@ def run_oneshot(args, kind_cls, *, sparse_path, out_dir, requested, reference, s
 
     def on_episode(e, result):
         wandb.log({"episode": e + 1, "reward": result.reward, "acc": result.val_acc, "usage": result.usage})
-        acc_baseline = getattr(args, "acc_baseline", None)
         if acc_baseline is not None and result.val_acc / 100 > acc_baseline:
             env.model.load_state_dict(result.pre_state)
             save_model(os.path.join(out_dir, f"baseline_exceeded_ep{e + 1}_acc{result.val_acc:.2f}.pth"), env.model,
                        setup, f"{stage}_baseline_exceeded", {"val_acc_after_mini_finetune": result.val_acc}, kind,
                        allocation=result.allocation, episode=e + 1)
 
-    cfg = search_config(args, space, budget=budget, position=rl_options["position"],
-                         top_up=kind.top_up_order(space, sparse) if rl_options.get("top_up") else None)
-    outcome = run_search(env, space.names, space.ssim, space.capacities, cfg, reinforce, out_dir, args.resume,
-                         on_best, on_episode, tag=f"oneshot {args.allocator}")
+    cfg = search_config(hp, space, seed, budget=budget, position=shape.position,
+                        top_up=kind.top_up_order(space, sparse) if shape.top_up else None)
+    outcome = run_search(env, space.names, space.ssim, space.capacities, cfg, reinforce, out_dir, search.resume,
+                         on_best, on_episode, tag=f"oneshot {search.allocator}")
     setup.compute.add("search", search_flops(outcome.rows))
     best = outcome.best
     measured = (f"restored share {best.restored_share:.4f}" if proxy.metric == "share"
                 else f"proxy val {best.val_acc:.2f} (reference {best.reference_acc:.2f})")
     log(f"search done: {outcome.episodes} episodes in {outcome.seconds:.0f} s ({outcome.stop_reason}); best episode "
         f"{outcome.best_episode + 1}: {measured}, reward {best.reward:+.4f}")
-    learning = first_vs_last([r["reward"] for r in outcome.rows]) if args.allocator == "rl" else {}
+    learning = first_vs_last([r["reward"] for r in outcome.rows]) if search.allocator == "rl" else {}
     if learning.get("window", 0) >= 2:
         log(f"policy: mean reward of the last {learning['window']} episodes {learning['last_mean']:+.4f} ± "
             f"{learning['last_std']:.4f} vs the first {learning['window']}'s {learning['first_mean']:+.4f} ± "
@@ -102,8 +103,8 @@ def run_oneshot(args, kind_cls, *, sparse_path, out_dir, requested, reference, s
     # best episode's init seed rebuilds exactly the state saved as best_ep*.pth
     regrown, _ = env.regrow(best.allocation, outcome.best_episode)
     final = env.model
-    ft_epochs = args.finetune_epochs or 0
-    ft_steps = final_finetune_steps(args, len(setup.data.train))
+    ft_epochs = hp.finetune.finetune_epochs or 0
+    ft_steps = hp.finetune.steps(len(setup.data.train))
     val_acc, test_acc, _ = final_finetune(setup, final, kind.weight_indices(regrown), ft_steps,
                                           evals_path=os.path.join(out_dir, "final_finetune_evals.jsonl"))
     final_sparsity = kind.sparsity(final)
@@ -111,26 +112,26 @@ def run_oneshot(args, kind_cls, *, sparse_path, out_dir, requested, reference, s
                             {"val_acc": val_acc, "test_acc": test_acc}, kind, allocation=best.allocation,
                             start_ckpt=sparse_path, start_sparsity=start_sparsity,
                             start_metrics={"val_acc": sparse_val, "test_acc": sparse_test},
-                            finetune_epochs=ft_epochs, finetune_steps=ft_steps, finetune_scope=args.finetune_scope,
+                            finetune_epochs=ft_epochs, finetune_steps=ft_steps, finetune_scope=hp.finetune.finetune_scope,
                             search_units=space.names, ssim=space.ssim)
     summary = {
-        "model": args.m_name, "kind": kind.unit_label, "start_ckpt": sparse_path, "start_sparsity": start_sparsity,
-        "final_sparsity": final_sparsity, "budget": budget, "regrown": best.regrown, "allocator": args.allocator,
+        "model": m_name, "kind": kind.unit_label, "start_ckpt": sparse_path, "start_sparsity": start_sparsity,
+        "final_sparsity": final_sparsity, "budget": budget, "regrown": best.regrown, "allocator": search.allocator,
         "sparse_val_acc": sparse_val, "sparse_test_acc": sparse_test, "best_episode": outcome.best_episode + 1,
         "best_reward": best.reward, "best_val_acc_after_mini_finetune": best.val_acc,
         "reference_acc_of_best": best.reference_acc, "episodes": outcome.episodes, "stop_reason": outcome.stop_reason,
         "search_seconds": outcome.seconds, "reward_first_vs_last": learning,
         "mini_finetune_steps": steps, "reward_proxy": proxy.describe(),
         "final_finetune_epochs": ft_epochs, "final_finetune_steps": ft_steps,
-        "final_finetune_schedule": args.finetune_schedule, "selection": getattr(args, "selection", "saliency"),
+        "final_finetune_schedule": hp.finetune.finetune_schedule, "selection": search.selection,
         "training_flops": setup.compute.record(),
         "final_val_acc": val_acc, "final_test_acc": test_acc, "best_allocation": best.allocation,
         "search_layers": space.names, "ssim": space.ssim, "run_seconds": time.perf_counter() - t_run,
-        "final_description": kind.describe(final), "seed": args.seed, "args": jsonable(args),
+        "final_description": kind.describe(final), "seed": seed, "args": jsonable(record),
     }
     write_json(os.path.join(out_dir, "summary.json"), summary)
     with open(os.path.join(out_dir, "search_summary.txt") if dist.is_main() else os.devnull, "w") as fh:
-        fh.write(f"model: {args.m_name}\nstart checkpoint: {sparse_path}\n"
+        fh.write(f"model: {m_name}\nstart checkpoint: {sparse_path}\n"
                  f"sparsity: {start_sparsity:.4f} -> {final_sparsity:.4f} "
                  f"(regrew {best.regrown:,} {kind.unit_label} of a budget of {budget:,})\n"
                  f"sparse model val acc: {sparse_val:.2f}  test acc: {sparse_test:.2f}\n"
@@ -138,13 +139,14 @@ def run_oneshot(args, kind_cls, *, sparse_path, out_dir, requested, reference, s
                  f"reward proxy: {proxy.describe()} ({proxy.metric})\n"
                  f"best episode's {measured}\n"
                  f"best reward (proxy gain + budget bonus): {best.reward:+.4f}\n"
-                 f"final finetune: {ft_steps} steps ({args.finetune_schedule} lr), scope {args.finetune_scope}\n"
+                 f"final finetune: {ft_steps} steps ({hp.finetune.finetune_schedule} lr), scope "
+                 f"{hp.finetune.finetune_scope}\n"
                  f"training FLOPs from the dense model: {setup.compute.total:.4g} (this run {setup.compute.spent:.4g})\n"
                  f"final val acc: {val_acc:.2f}  test acc: {test_acc:.2f}\n"
                  f"search time: {outcome.seconds:.0f} s ({outcome.seconds / 3600:.2f} h)\n"
                  f"best allocation: {best.allocation}\n")
     curves, alloc_png = write_search_outputs(out_dir, outcome.rows, space, best.allocation,
-                                             f"{args.m_name} one-shot {kind.unit_label} regrowth ({args.allocator})")
+                                             f"{m_name} one-shot {kind.unit_label} regrowth ({search.allocator})")
     wandb.finish()
     log(f"final: sparsity {final_sparsity:.4f} | val {val_acc:.2f} | test {test_acc:.2f} "
         f"(sparse start: val {sparse_val:.2f}, test {sparse_test:.2f})")

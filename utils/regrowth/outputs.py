@@ -9,7 +9,7 @@ def save_model(path, model, setup, stage, metrics, kind, **extra):
     """A checkpoint of `model` with the run's training FLOPs so far (utils.compute)."""
     if setup.compute is not None:
         extra.setdefault("training_flops", setup.compute.record())
-    return save_checkpoint(path, model, setup.args.m_name, setup.data.spec.name, stage, setup.args, metrics,
+    return save_checkpoint(path, model, setup.hp.source.m_name, setup.data.spec.name, stage, setup.record, metrics,
                            sparsity=kind.sparsity(model), **extra)
 
 

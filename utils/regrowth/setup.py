@@ -6,13 +6,13 @@ import torch
 
 from models import model_loader
 from utils import cli
-from utils import paths
 from utils.cache import DiskCache, state_digest
 from utils.checkpoints import load_state_into, model_from_checkpoint
 from utils.compute import ComputeLedger, MacCounter
-from utils.controller import Reinforce, ReinforceConfig, RegrowthAgent
+from utils.controller import Reinforce, RegrowthAgent
 from utils.masks import count_pruned_params, masked_modules
 from utils.progress import log
+from utils.regrowth.hparams import RegrowthHparams
 from utils.regrowth.proxies import make_reward_proxy
 from utils.regrowth.search import SearchConfig
 from utils.runtime import Precision, resolve_device, resolve_precision, set_seed, to_device
@@ -23,7 +23,7 @@ from utils.training import evaluate
 class RegrowthSetup:
     """Everything loaded once per run."""
 
-    args: object
+    hp: RegrowthHparams
     device: torch.device
     precision: Precision
     data: object
@@ -37,6 +37,7 @@ class RegrowthSetup:
     reward_val: object = None
     compute: ComputeLedger = None   # training FLOPs of this run, on top of the start checkpoint's
     macs: MacCounter = None         # non-zero MACs per image of a model of this architecture
+    record: dict = None             # the run's arguments as printed, stored in its checkpoints
 
     def charge(self, stage, model, images, backward):
         """Count a pass of `images` images through `model` into the run's training FLOPs (utils.compute)."""
@@ -45,38 +46,37 @@ class RegrowthSetup:
 
     def data_key(self):
         """What about the data changes a cached result."""
-        a = self.args
-        return {"dataset": self.data.spec.name, "sizes": self.data.sizes, "val_split": a.val_split,
-                "batch": a.batch_size, "eval_batch": a.eval_batch_size, "seed": a.seed, "backend": self.data.backend}
+        d = self.hp.data
+        return {"dataset": self.data.spec.name, "sizes": self.data.sizes, "val_split": d.val_split,
+                "batch": d.batch_size, "eval_batch": d.eval_batch_size, "seed": self.hp.runtime.seed,
+                "backend": self.data.backend}
 
 
-def dense_checkpoint_path(args):
-    return args.dense_ckpt or paths.dense_checkpoint(args.work_dir, args.m_name)
-
-
-def prepare(args, sparse_path):
-    """Device, data, the dense model, and the sparse model at `sparse_path` (returned separately)."""
-    device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device, args.compile)
-    set_seed(args.seed)
-    sparse, sparse_ckpt = model_from_checkpoint(sparse_path, args.m_name, expect="sparse",
-                                                trust_pickle=args.trust_pickle)
+def prepare(hp, sparse_path, record=None):
+    """Device, data, the dense model, and the sparse model at `sparse_path` (returned separately);
+    `record`: the arguments the run's checkpoints store (hparams.record)."""
+    source, runtime = hp.source, hp.runtime
+    device = resolve_device(runtime.device)
+    precision = resolve_precision(runtime.precision, device, runtime.compile)
+    set_seed(runtime.seed)
+    sparse, sparse_ckpt = model_from_checkpoint(sparse_path, source.m_name, expect="sparse",
+                                                trust_pickle=source.trust_pickle)
     compute = ComputeLedger.starting_from(sparse_ckpt, sparse_path)
-    dense_path = dense_checkpoint_path(args)
-    dense, _ = model_from_checkpoint(dense_path, args.m_name, expect="dense", trust_pickle=args.trust_pickle)
-    data = cli.build_data(args, device)
+    dense_path = source.dense_path()
+    dense, _ = model_from_checkpoint(dense_path, source.m_name, expect="dense", trust_pickle=source.trust_pickle)
+    data = cli.build_data(hp.data, runtime.seed, device, source.m_name)
     log(data.describe() + f" | device {device} | precision {precision.name}")
     dense = to_device(dense, device, precision).eval()
     sparse = to_device(sparse, device, precision)
     names = [n for n, _ in masked_modules(sparse)]
     total = count_pruned_params(sparse)[0]
-    cache = DiskCache(getattr(args, "cache_dir", None) or None)
-    reward_subset, reward_val_subset = getattr(args, "reward_subset", None), getattr(args, "reward_val_subset", None)
-    setup = RegrowthSetup(args, device, precision, data, dense, dense_path, names, total, cache,
+    cache = DiskCache(hp.search.cache_dir or None)
+    reward_subset, reward_val_subset = hp.reward.reward_subset, hp.reward.reward_val_subset
+    setup = RegrowthSetup(hp, device, precision, data, dense, dense_path, names, total, cache,
                           state_digest(dense.state_dict()) if cache.folder else "",
-                          data.subset("train", reward_subset, seed=args.seed),
-                          data.subset("val", reward_val_subset, seed=args.seed), compute,
-                          MacCounter(dense, data.spec.image_size))
+                          data.subset("train", reward_subset, seed=runtime.seed),
+                          data.subset("val", reward_val_subset, seed=runtime.seed), compute,
+                          MacCounter(dense, data.spec.image_size), record)
     if reward_subset or reward_val_subset:
         log(f"episode rewards: mini-finetune on {len(setup.reward_train.dataset):,} training images, "
             f"scored on {len(setup.reward_val.dataset):,} validation images")
@@ -85,7 +85,7 @@ def prepare(args, sparse_path):
 
 def work_model_like(setup, state):
     """A preallocated working model on the device holding `state`."""
-    model = to_device(model_loader(setup.args.m_name), setup.device, setup.precision)
+    model = to_device(model_loader(setup.hp.source.m_name), setup.device, setup.precision)
     return load_state_into(model, state)
 
 
@@ -107,31 +107,21 @@ def calibrated_reference(setup, model, reference_fn, full_val_acc=None):
     return lambda sparsity: reference_fn(sparsity) + (sub - full)
 
 
-def mini_finetune_steps(args, steps_per_epoch):
-    if args.mini_finetune_steps is not None:
-        return args.mini_finetune_steps
-    return max(1, int(round(args.mini_finetune_epochs * steps_per_epoch)))
+def reward_proxy(reward, steps, gradient=None):
+    """The episodes' reward proxy (steps: the mini-finetune length, for the steps proxy; gradient: what
+    computes the gradient proxy's scores, where the kind of regrowth has them)."""
+    return make_reward_proxy(reward.reward_proxy, metric=reward.reward_metric, steps=steps,
+                             schedule=reward.mini_finetune_schedule, repeats=reward.reward_repeats,
+                             bn_batches=reward.bn_batches, gradient=gradient)
 
 
-def reward_proxy(args, steps, gradient=None):
-    """The episodes' reward proxy from the flags (steps: the mini-finetune length, for the steps proxy;
-    gradient: what computes the gradient proxy's scores, where the kind of regrowth has them)."""
-    return make_reward_proxy(args.reward_proxy, metric=args.reward_metric, steps=steps,
-                             schedule=args.mini_finetune_schedule, repeats=args.reward_repeats,
-                             bn_batches=args.bn_batches, gradient=gradient)
+def make_reinforce(hp, shape, budget_space_size=0):
+    """The controller and its REINFORCE update for a search of `shape` (hparams.PolicyShape)."""
+    agent = RegrowthAgent(shape.action_space_size, hp.controller.hidden_size, budget_space_size)
+    return Reinforce(agent, hp.controller.reinforce_config(hp.search.num_epochs, shape.advantage, shape.clip))
 
 
-def make_reinforce(args, action_space_size, budget_space_size=0, advantage="temperature", clip=100.0):
-    agent = RegrowthAgent(action_space_size, args.hidden_size, budget_space_size)
-    cfg = ReinforceConfig(
-        learning_rate=args.learning_rate, advantage=advantage, reward_temperature=args.reward_temperature,
-        advantage_clip=clip, start_beta=args.start_beta, end_beta=args.end_beta, decay_fraction=args.decay_fraction,
-        num_episodes=args.num_epochs, early_stop_patience=args.early_stop_patience, min_episodes=args.min_epochs,
-        reward_std_threshold=args.reward_std_threshold, reward_window_size=args.reward_window_size)
-    return Reinforce(agent, cfg)
-
-
-def search_config(args, space, budget=None, budget_options=None, position="oneshot", guard=None, top_up=None):
-    return SearchConfig(allocator=args.allocator, num_episodes=args.num_epochs, budget=budget,
-                        budget_options=budget_options, position=position, guard_layer=guard, seed=args.seed,
-                        units=space.units, top_up_order=top_up, episodes_per_update=args.episodes_per_update)
+def search_config(hp, space, seed, budget=None, budget_options=None, position="oneshot", guard=None, top_up=None):
+    return SearchConfig(allocator=hp.search.allocator, num_episodes=hp.search.num_epochs, budget=budget,
+                        budget_options=budget_options, position=position, guard_layer=guard, seed=seed,
+                        units=space.units, top_up_order=top_up, episodes_per_update=hp.search.episodes_per_update)
