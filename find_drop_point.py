@@ -21,19 +21,17 @@ import re
 
 import numpy as np
 
-from models import model_spec
+from models import model_loader, model_spec
 from utils import cli, paths
 from utils.boundary import STORAGE, DeviceLimits, find_knees, regrowth_room, storage_bytes
 from utils.checkpoints import checkpoint_metrics, load_checkpoint, model_from_checkpoint
-from utils.compact import export_compact, latency_ms
-from utils.costs import layer_costs, model_cost
 from utils.errors import BridgeError
+from utils.granularity import FILTERS, WEIGHTS, granularity_of_model, granularity_of_stage
 from utils.hparams import DataHparams, RuntimeHparams
 from utils.masks import count_pruned_params
 from utils.plots import plot_knees
 from utils.progress import log
 from utils.records import write_csv, write_json
-from utils.structured import filter_counts, is_structured_model
 
 
 def get_args_parser():
@@ -117,13 +115,13 @@ def main(args):
     ys = [float(np.mean([a for _, a in by_level[s]])) for s in xs]
     seeds = [(s, [a for _, a in by_level[s]]) for s in xs]
     knees = find_knees(xs, ys, dense_acc, args.tolerance, seeds)
-    structured = "structured" in str(first.get("stage", ""))
+    granularity = granularity_of_stage(first.get("stage"))
 
     table = []
     for s, y in zip(xs, ys):
         table.append({"sparsity": s, args.metric: y, "seeds": len(by_level[s]), "path": by_level[s][0][0]})
     marks = {"residual": knees.residual, "two_segment": knees.two_segment, "tolerance": knees.tolerance}
-    log(f"\n{m_name}: {len(xs)} levels ({'channel' if structured else 'weight'} sparsity), "
+    log(f"\n{m_name}: {len(xs)} levels ({granularity.sparsity_label}), "
         f"{len(args.model_path)} folder(s); dense {args.metric} "
         + (f"{dense_acc:.2f}" if dense_acc is not None else "unknown (pass --dense_acc for the tolerance rule)"))
     log(f"{'sparsity':>9} {args.metric:>8} {'seeds':>5}  knee")
@@ -148,7 +146,7 @@ def main(args):
     limits = device_limits(args)
     if limits.any():
         budget_report = device_budget(limits, m_name, table, xs[knee_idx] if knee_idx is not None else None, past,
-                                      structured, args.trust_pickle)
+                                      granularity, args.trust_pickle)
     out_dir = args.model_path[0]
     csv_path = write_csv(os.path.join(out_dir, "boundary.csv"), table)
     summary = {"metric": args.metric, "dense_acc": dense_acc, "tolerance": args.tolerance,
@@ -162,7 +160,7 @@ def main(args):
     write_json(os.path.join(out_dir, "boundary.json"), summary)
     png = plot_knees(xs, ys, marks, dense_acc, args.tolerance, os.path.join(out_dir, "boundary.png"),
                      f"{m_name}: knee of the pruning curve ({args.metric})",
-                     "channel sparsity" if structured else "weight sparsity")
+                     granularity.sparsity_label)
     log(f"wrote {csv_path}, {os.path.join(out_dir, 'boundary.json')}, {png}")
     return {"knees": knees, "table": table, "budget": budget_report}
 
@@ -172,39 +170,28 @@ def device_limits(args):
                         args.value_bytes, args.latency_batch)
 
 
-def measure_level(r, m_name, limits, structured, trust_pickle=False):
-    """Fill a level's row with what the device limits count: non-zero weights, bytes, MACs, latency."""
-    size = model_spec(m_name).input_size
+def measure_level(r, m_name, limits, granularity, trust_pickle=False):
+    """Fill a level's row with what the device limits count: non-zero weights, bytes, MACs, latency
+    (the MACs and latency as the level's granularity runs: see Granularity.device_costs)."""
     model, _ = model_from_checkpoint(r["path"], m_name, trust_pickle=trust_pickle)
     total, nnz, _ = count_pruned_params(model)
     r["nonzero_params"], r["prunable_params"] = nnz, total
     r["bytes"] = storage_bytes(model, limits.storage, limits.value_bytes)
-    dense_filters = None
-    if structured or is_structured_model(model):
-        compact = export_compact(model, m_name)
-        r["macs"] = model_cost(compact, size)["macs"]
-        pruned_filters, dense_filters = filter_counts(model)
-        r["alive_filters"] = dense_filters - pruned_filters
-        if limits.max_latency_ms is not None:
-            r["latency_ms"] = latency_ms(compact, size, limits.latency_batch)
-    else:
-        costs = layer_costs(model, size)
-        r["macs"] = sum(c.nonzero_macs for c in costs)
-        r["max_macs_per_weight"] = max(c.macs // max(c.params, 1) for c in costs)
+    level = granularity if granularity is FILTERS else granularity_of_model(model)
+    r.update(level.device_costs(model, m_name, model_spec(m_name).input_size,
+                                limits.latency_batch if limits.max_latency_ms is not None else None))
     r["fits"] = limits.fits(r)
-    return dense_filters
 
 
-def device_budget(limits, m_name, table, knee_sparsity, past, structured, trust_pickle=False):
+def device_budget(limits, m_name, table, knee_sparsity, past, granularity, trust_pickle=False):
     """Which checkpoints fit the device, where regrowth starts, and how much it may regrow.
 
     past: the table's levels sparser than the knee (at knee_sparsity), least sparse first."""
-    if limits.max_latency_ms is not None and not structured:
+    if limits.max_latency_ms is not None and granularity is WEIGHTS:
         raise BridgeError("--max_latency_ms applies to filter-pruned (compact) models; "
                           "a weight-sparse model runs dense kernels on this machine")
-    dense_filters = None
     for r in table:
-        dense_filters = measure_level(r, m_name, limits, structured, trust_pickle) or dense_filters
+        measure_level(r, m_name, limits, granularity, trust_pickle)
     fitting = [r for r in table if r["fits"]]
     least_sparse = min(fitting, key=lambda r: r["sparsity"]) if fitting else None
     just_past = past[0] if past else None
@@ -219,15 +206,9 @@ def device_budget(limits, m_name, table, knee_sparsity, past, structured, trust_
     if start is None:
         log("no checkpoint past the knee fits the device; prune further first")
         return {"least_sparse_fit": least_sparse, "just_past_knee": just_past, "start": None}
-    budget, frac = regrowth_room(start, table, knee_sparsity, limits, dense_filters if structured else None)
-    if structured:
-        command = (f"python regrowth_structure_oneshot.py --m_name {m_name} --initial_ckpt {start['path']} "
-                   f"--sparsity_delta {frac:.4f}")
-        unit = "filters"
-    else:
-        command = (f"python regrowth_oneshot.py --m_name {m_name} --initial_ckpt {start['path']} "
-                   f"--model_sparsity {round(start['sparsity'], 4)} --regrow_step {frac:.5f}")
-        unit = "weights"
+    dense_filters = FILTERS.total(model_loader(m_name)) if granularity is FILTERS else None
+    budget, frac = regrowth_room(start, table, knee_sparsity, limits, dense_filters)
+    command, unit = granularity.regrowth_command(m_name, start, frac), granularity.unit_label
     log(f"start regrowth from {start['path']} (sparsity {start['sparsity']:.4f}); regrowth budget inside the device "
         f"limit and not past the knee: {budget:,} {unit} ({frac:.4%})")
     log(f"run:\n  {command}")

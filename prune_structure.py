@@ -27,10 +27,11 @@ from utils.checkpoints import model_from_checkpoint
 from utils.compact import check_equivalence, export_compact, save_compact
 from utils.costs import model_cost
 from utils.errors import BridgeError
+from utils.granularity import FILTERS
 from utils.masks import model_sparsity
 from utils.progress import log
 from utils.pruning_run import PruningHparams, PruningPlan, run_pruning
-from utils.structured import SCOPES, add_structured_masks, channel_groups, channel_sparsity
+from utils.structured import SCOPES, channel_groups
 from utils.structured_importance import (GRADIENT_IMPORTANCE, IMPORTANCE, PUBLISHED_GRADIENT_BATCHES,
                                          check_importance, prune_channels)
 
@@ -91,12 +92,8 @@ def main(args):
 
     plan = PruningPlan(
         mode=mode, method=f"{args.pruner}-{args.scope}", folder=f"structured_{mode}", stage=f"prune_structured_{mode}",
-        add_masks=add_structured_masks, prune=prune, sparsity=channel_sparsity, extra_metrics=extra_metrics,
-        amount=args.ratio_per_step, iter_range=(args.iter_start, args.iter_end), targets=args.oneshot,
-        x_label="channel sparsity", axis_label="channel sparsity (fraction of conv filters removed)",
-        columns=["sparsity", "weight_sparsity", "param_ratio", "mac_ratio", "val_acc", "test_acc",
-                 "val_acc_before_finetune", "compact_params", "compact_macs", "compact_max_abs_diff", "pruner",
-                 "finetune_steps", "seconds", "path"])
+        granularity=FILTERS, prune=prune, extra_metrics=extra_metrics,
+        amount=args.ratio_per_step, iter_range=(args.iter_start, args.iter_end), targets=args.oneshot)
     rows = run_pruning(hp, plan, hp.record(args))
     if args.save_compact:
         for r in rows:

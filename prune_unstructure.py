@@ -26,7 +26,8 @@ from utils import cli
 from utils.errors import BridgeError
 from utils.checkpoints import check_model_name, load_checkpoint, model_sparsity_of_state
 from utils.compute import recorded_flops
-from utils.masks import add_masks, model_sparsity, transplant_masks
+from utils.granularity import WEIGHTS
+from utils.masks import transplant_masks
 from utils.pruners import PRUNERS, weight_pruner_loader
 from utils.pruning_run import PruningHparams, PruningPlan, run_pruning
 
@@ -59,19 +60,17 @@ def main(args):
     if mode == "iterative" and not 1 <= args.iter_start <= args.iter_end:
         raise BridgeError(f"need 1 <= --iter_start <= --iter_end, got {args.iter_start} and {args.iter_end}")
     cli.print_args(args, "prune_unstructure.py")
-    columns = ["sparsity", "val_acc", "test_acc", "val_acc_before_finetune", "target_sparsity", "pruner", "amount",
-               "finetune_steps", "training_flops", "seconds", "path"]
     if args.mask_from:
-        return run_pruning(hp, transplant_plan(args, columns), hp.record(args))
+        return run_pruning(hp, transplant_plan(args), hp.record(args))
     pruner = weight_pruner_loader(args.pruner)
     plan = PruningPlan(
-        mode=mode, method=args.pruner, folder=mode, stage=f"prune_{mode}", add_masks=add_masks,
-        prune=lambda model, amount, data: pruner(model, amount), sparsity=model_sparsity,
-        amount=args.sparsity, iter_range=(args.iter_start, args.iter_end), targets=args.oneshot, columns=columns)
+        mode=mode, method=args.pruner, folder=mode, stage=f"prune_{mode}", granularity=WEIGHTS,
+        prune=lambda model, amount, data: pruner(model, amount),
+        amount=args.sparsity, iter_range=(args.iter_start, args.iter_end), targets=args.oneshot)
     return run_pruning(hp, plan, hp.record(args))
 
 
-def transplant_plan(args, columns):
+def transplant_plan(args):
     """--mask_from: one level, the source checkpoint's mask on the dense weights."""
     source = load_checkpoint(args.mask_from, trust_pickle=args.trust_pickle)
     check_model_name(source, args.m_name, args.mask_from)
@@ -80,9 +79,9 @@ def transplant_plan(args, columns):
     if sparsity <= 0:
         raise BridgeError(f"--mask_from {args.mask_from}: the checkpoint holds no pruned mask")
     return PruningPlan(
-        mode="oneshot", method="transplant", folder="transplant", stage="prune_transplant", add_masks=add_masks,
-        prune=lambda model, amount, data: transplant_masks(model, state, args.mask_from), sparsity=model_sparsity,
-        targets=[sparsity], columns=columns, inherited_flops=recorded_flops(source), inherited_from=args.mask_from)
+        mode="oneshot", method="transplant", folder="transplant", stage="prune_transplant", granularity=WEIGHTS,
+        prune=lambda model, amount, data: transplant_masks(model, state, args.mask_from),
+        targets=[sparsity], inherited_flops=recorded_flops(source), inherited_from=args.mask_from)
 
 if __name__ == "__main__":
     cli.run(main, get_args_parser())

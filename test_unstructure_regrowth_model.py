@@ -17,17 +17,18 @@ import os
 from models import model_spec
 from utils import cli, paths
 from utils.checkpoints import COMPACT_FORMAT, model_from_checkpoint, peek_checkpoint
-from utils.compact import export_compact, load_compact
+from utils.compact import load_compact
 from utils.conversion import convert_checkpoints
 from utils.costs import model_cost
 from utils.errors import BridgeError
+from utils.granularity import FILTERS, granularity_of_model
 from utils.hparams import DataHparams, RuntimeHparams
 from utils.masks import format_layer_table, layer_table, model_sparsity
 from utils.plots import plot_accuracy_vs_sparsity
 from utils.progress import log
 from utils.records import write_csv
 from utils.runtime import resolve_device, resolve_precision, set_seed, to_device
-from utils.structured import filter_counts, is_structured_model
+from utils.structured import filter_counts
 from utils.training import evaluate
 
 SKIP_STAGES = ("pretrain_state", "search_state")
@@ -95,13 +96,11 @@ def main(args):
         size = model_spec(m_name).input_size
         cost = model_cost(model, size, device)
         pruned_filters, total_filters = filter_counts(model)
-        structured = is_structured_model(model)
+        granularity = granularity_of_model(model)
         row = {"file": path, "model": m_name, "stage": ckpt.get("stage"), "kind": kind_of(ckpt.get("stage")),
                "sparsity": float(ckpt["sparsity"]) if ckpt.get("sparsity") is not None else model_sparsity(model),
                "weight_sparsity": model_sparsity(model), "channel_sparsity": pruned_filters / max(total_filters, 1),
-               "structured": structured, **cost}
-        if structured:
-            row["compact_macs"] = model_cost(export_compact(model, m_name), size)["macs"]
+               "structured": granularity is FILTERS, **cost, **granularity.evaluation_costs(model, m_name, size)}
         if not args.no_eval:
             row["test_acc"], row["test_loss"] = evaluate(model, data.test, device, precision)
             row["val_acc"], _ = evaluate(model, data.val, device, precision)

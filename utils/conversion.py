@@ -5,9 +5,8 @@ import os
 from utils import cli
 from utils.checkpoints import model_from_checkpoint, peek_checkpoint, save_checkpoint
 from utils.errors import BridgeError
-from utils.masks import model_sparsity
+from utils.granularity import granularity_of_model
 from utils.progress import log
-from utils.structured import channel_sparsity, is_structured_model
 
 
 def convert_checkpoints(files, out_dir, m_name=None, dataset="CIFAR10", trust_pickle=False):
@@ -22,7 +21,7 @@ def convert_checkpoints(files, out_dir, m_name=None, dataset="CIFAR10", trust_pi
             raise BridgeError(f"{path} does not record its model; pass --m_name")
         model, ckpt = model_from_checkpoint(path, name, trust_pickle=trust_pickle)
         out = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + ".pth")
-        sparsity = ckpt.get("sparsity", channel_sparsity(model) if is_structured_model(model) else model_sparsity(model))
+        sparsity = ckpt.get("sparsity", granularity_of_model(model).sparsity(model))
         save_checkpoint(out, model, name, ckpt.get("dataset", dataset), ckpt.get("stage") or "converted",
                         ckpt.get("args") or {}, ckpt.get("metrics") or {}, sparsity=sparsity, source=path,
                         source_format=ckpt.get("format"))

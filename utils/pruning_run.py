@@ -111,18 +111,14 @@ class PruningPlan:
     method: str                  # pruner / importance name recorded in rows and checkpoints
     folder: str                  # output folder name under {work_dir}/{m_name}/
     stage: str                   # checkpoint stage
-    add_masks: object            # model -> model with masks
+    granularity: object          # utils.granularity WEIGHTS | FILTERS: masks, sparsity, labels, table columns
     prune: object                # (model, amount, data) -> None
-    sparsity: object             # model -> float, the sparsity the curve is drawn against
     extra_metrics: object = None  # model -> dict of extra row values (structured: ratios)
     amount: float = 0.3          # iterative amount per level
     iter_range: tuple = (1, 15)
     targets: list = field(default_factory=list)
-    columns: list = field(default_factory=list)
     inherited_flops: float = 0.0  # training FLOPs behind what `prune` applies (a transplanted mask's search)
     inherited_from: str = None
-    x_label: str = "sparsity"
-    axis_label: str = "sparsity (fraction of prunable weights removed)"
 
 
 def run_pruning(hp, plan, record):
@@ -140,7 +136,7 @@ def run_pruning(hp, plan, record):
     steps = ft.steps(plan.mode, len(data.train))
     check_eval_grid(ft.eval_every, ft.save_at, steps)
     dense_model, _ = model_from_checkpoint(dense_path, m_name, expect="dense", trust_pickle=hp.source.trust_pickle)
-    model = to_device(plan.add_masks(dense_model), device, precision)
+    model = to_device(plan.granularity.add_masks(dense_model), device, precision)
     dense_state = clone_state(model)  # all-ones masks: every one-shot target restarts from it
     macs = MacCounter(model, data.spec.image_size)
     prev_flops = [plan.inherited_flops, plan.inherited_from]  # iterative: what the level before recorded
@@ -158,7 +154,7 @@ def run_pruning(hp, plan, record):
         """The checkpoint a `steps_done`-step finetune would end with (see --save_at), with its test accuracy."""
         if not probe:
             fresh, _ = model_from_checkpoint(dense_path, m_name, expect="dense", trust_pickle=hp.source.trust_pickle)
-            probe.append(to_device(plan.add_masks(fresh), device, precision))
+            probe.append(to_device(plan.granularity.add_masks(fresh), device, precision))
         probe[0].load_state_dict(best_state)
         test_acc, _ = evaluate(probe[0], data.test, device, precision)
         snap = snapshot_path(path, steps_done)
@@ -170,7 +166,7 @@ def run_pruning(hp, plan, record):
     def run_level(key, amount, target):
         t0 = time.perf_counter()
         plan.prune(model, amount, data)
-        sp = plan.sparsity(model)
+        sp = plan.granularity.sparsity(model)
         pruned_val, _ = evaluate(model, data.val, device, precision)
         path = os.path.join(out_dir, paths.level_filename(m_name, sp))
         # iterative levels continue the level before; one-shot levels (and transplants) start from the dense model
@@ -204,13 +200,14 @@ def run_pruning(hp, plan, record):
                         finetune_steps=res.steps, training_flops=ledger.record(), **extra_keys, **extra)
         if ft.eval_every is not None and evals:
             plot_finetune_curve(evals, os.path.splitext(path)[0] + "_evals.png",
-                                f"{m_name} {plan.method} {plan.mode} at {plan.x_label} {sp:.4f}: finetune")
+                                f"{m_name} {plan.method} {plan.mode} at {plan.granularity.level_label} {sp:.4f}: "
+                                "finetune")
         row = {"mode": plan.mode, "key": key, "pruner": plan.method, "amount": amount, "target_sparsity": target,
                "sparsity": sp, "val_acc_before_finetune": pruned_val, "val_acc": res.best_val_acc,
                "test_acc": test_acc, "finetune_steps": res.steps, "best_steps": res.best_steps,
                "training_flops": ledger.total, "seconds": time.perf_counter() - t0, "path": path, **extra}
         append_jsonl(log_path, row)
-        log(f"[{plan.mode}] {plan.x_label} {sp:.4f}: val {pruned_val:.2f} -> {res.best_val_acc:.2f} after finetune, "
+        log(f"[{plan.mode}] {plan.granularity.level_label} {sp:.4f}: val {pruned_val:.2f} -> {res.best_val_acc:.2f} after finetune, "
             f"test {test_acc:.2f}" + "".join(f" | {k} {v:.4g}" for k, v in extra.items() if isinstance(v, float))
             + f" | {ledger.total:.3g} training FLOPs | {row['seconds']:.0f} s | {path}")
         return row
@@ -228,7 +225,7 @@ def run_pruning(hp, plan, record):
             check_model_name(ckpt, m_name, prev["path"])
             load_state_into(model, {k: v.to(device) for k, v in ckpt["state_dict"].items()}, prev["path"])
             prev_flops[:] = [recorded_flops(ckpt), prev["path"]]
-            log(f"starting from level {start - 1}: {prev['path']} ({plan.x_label} {prev['sparsity']:.4f})")
+            log(f"starting from level {start - 1}: {prev['path']} ({plan.granularity.level_label} {prev['sparsity']:.4f})")
         for level in range(start, end + 1):
             run_level(level, plan.amount, 1 - (1 - plan.amount) ** level)
     else:
@@ -241,12 +238,12 @@ def run_pruning(hp, plan, record):
             run_level(key, target, target)
 
     rows = _latest_rows(read_jsonl(log_path), plan.method)
-    csv_path = write_csv(os.path.join(out_dir, "prune_results.csv"), rows, plan.columns)
+    csv_path = write_csv(os.path.join(out_dir, "prune_results.csv"), rows, plan.granularity.pruning_columns)
     series = {f"{plan.method} {plan.mode} (val)": [(r["sparsity"], r["val_acc"]) for r in rows],
               f"{plan.method} {plan.mode} (test)": [(r["sparsity"], r["test_acc"]) for r in rows]}
     png = plot_accuracy_vs_sparsity(series, os.path.join(out_dir, "accuracy_vs_sparsity.png"),
                                     f"{m_name} {plan.folder} pruning ({plan.method}); dense val {dense_val:.2f}",
-                                    xlabel=plan.axis_label)
+                                    xlabel=plan.granularity.axis_label)
     log(f"wrote checkpoints to {out_dir}/, table {csv_path}, curve {png}")
     return rows
 

@@ -20,14 +20,14 @@ import torch
 from utils.cache import cache_key, compute_context, state_digest
 from utils.compute import images_in_batches
 from utils.errors import BridgeError, UnknownChoiceError
-from utils.masks import count_pruned_params, model_sparsity
+from utils.granularity import FILTERS, WEIGHTS
 from utils.progress import log
 from utils.regrowth.filters import FilterRegrower, group_capacities, group_saliency, group_ssim
 from utils.regrowth.weights import WeightRegrower, dense_reference_weights, layer_capacities
 from utils.runtime import Precision
 from utils.saliency import layer_mean_saliency, weight_gradient, weight_saliency
 from utils.ssim import format_ssim_table, layer_ssim, select_search_space
-from utils.structured import channel_groups, channel_sparsity, filter_counts
+from utils.structured import channel_groups
 
 
 def random_selection_generator(seed, layer):
@@ -91,20 +91,40 @@ def _dense_pass(setup, store, names, kind, compute, **extra):
     return missing, time.perf_counter() - t0
 
 
-class UnstructuredKind:
-    unit_label = "weights"
-    stage_prefix = "regrowth"
+class RegrowthKind:
+    """What both kinds take from their granularity (utils.granularity): labels, unit count, sparsity."""
+
+    granularity = None
 
     def __init__(self, setup):
         self.setup = setup
-        self._saliency = {}
-        self._reference = None
+
+    @property
+    def unit_label(self):
+        return self.granularity.unit_label
+
+    @property
+    def stage_prefix(self):
+        return self.granularity.regrowth_stage_prefix
 
     def total(self):
-        return self.setup.total_weights
+        """The dense model's units (weights or filters): what budgets are fractions of."""
+        return self.granularity.total(self.setup.dense)
 
     def sparsity(self, model):
-        return model_sparsity(model)
+        return self.granularity.sparsity(model)
+
+    def describe(self, model):
+        return self.granularity.describe(model)
+
+
+class UnstructuredKind(RegrowthKind):
+    granularity = WEIGHTS
+
+    def __init__(self, setup):
+        super().__init__(setup)
+        self._saliency = {}
+        self._reference = None
 
     def search_space(self, model, top_up_to=None):
         search = self.setup.hp.search
@@ -201,27 +221,16 @@ class UnstructuredKind:
         """{module: flat weight indices} of what was regrown (for --finetune_scope regrown)."""
         return regrown
 
-    def describe(self, model):
-        total, surviving, _ = count_pruned_params(model)
-        return f"weight sparsity {model_sparsity(model):.4f} ({surviving:,} of {total:,} weights alive)"
 
-
-class StructuredKind:
-    unit_label = "filters"
-    stage_prefix = "regrowth_structured"
+class StructuredKind(RegrowthKind):
+    granularity = FILTERS
 
     def __init__(self, setup):
-        self.setup = setup
+        super().__init__(setup)
         self.groups = channel_groups(setup.hp.source.m_name)
         self.by_root = {g.root: g for g in self.groups}
         self._scores = {}
         self._dense_state = None
-
-    def total(self):
-        return filter_counts(self.setup.dense)[1]
-
-    def sparsity(self, model):
-        return channel_sparsity(model)
 
     def search_space(self, model, top_up_to=None):
         search = self.setup.hp.search
@@ -294,7 +303,3 @@ class StructuredKind:
                 flat = (rows[:, None] * per_row + torch.arange(per_row)[None, :]).flatten()
                 out[name] = torch.cat([out[name], flat]) if name in out else flat
         return out
-
-    def describe(self, model):
-        pruned, total = filter_counts(model)
-        return f"channel sparsity {channel_sparsity(model):.4f} ({total - pruned:,} of {total:,} filters alive)"
