@@ -178,7 +178,7 @@ def measure_level(r, m_name, limits, granularity, trust_pickle=False):
     r["nonzero_params"], r["prunable_params"] = nnz, total
     r["bytes"] = storage_bytes(model, limits.storage, limits.value_bytes)
     level = granularity if granularity is FILTERS else granularity_of_model(model)
-    r.update(level.device_costs(model, m_name, model_spec(m_name).input_size,
+    r.update(level.device_costs(model, model_spec(m_name).input_size,
                                 limits.latency_batch if limits.max_latency_ms is not None else None))
     r["fits"] = limits.fits(r)
 

@@ -23,7 +23,6 @@ import itertools
 
 from models import canonical_model_name, model_loader, model_spec
 from utils import cli
-from utils.checkpoints import model_from_checkpoint
 from utils.compact import check_equivalence, export_compact, save_compact
 from utils.costs import model_cost
 from utils.errors import BridgeError
@@ -67,8 +66,8 @@ def main(args):
     if mode == "iterative" and not 1 <= args.iter_start <= args.iter_end:
         raise BridgeError(f"need 1 <= --iter_start <= --iter_end, got {args.iter_start} and {args.iter_end}")
     cli.print_args(args, "prune_structure.py")
-    groups = channel_groups(args.m_name)
     size = model_spec(args.m_name).input_size
+    groups = channel_groups(model_loader(args.m_name), size)
     log(f"{len(groups)} channel groups; coupled groups (more than one conv per channel): "
         + (", ".join(f"{g.root} x{g.cost}" for g in groups if g.cost > 1) or "none"))
     dense_cost = model_cost(model_loader(args.m_name), size)
@@ -80,28 +79,28 @@ def main(args):
 
     def prune(model, amount, data):
         batches = list(itertools.islice(data.train, n_batches)) if args.pruner in GRADIENT_IMPORTANCE else None
-        prune_channels(model, args.m_name, amount, args.pruner, args.scope, batches)
+        prune_channels(model, size, amount, args.pruner, args.scope, batches)
+
+    compacts = {}  # the level's compact model, from its metrics to its --save_compact file
 
     def extra_metrics(model):
-        compact = export_compact(model, args.m_name)
+        compact = compacts["last"] = export_compact(model, size)
         cost = model_cost(compact, size)
         diff = check_equivalence(model, compact, size)
         return {"weight_sparsity": model_sparsity(model), "compact_params": cost["params"],
                 "param_ratio": cost["params"] / dense_cost["params"], "compact_macs": cost["macs"],
                 "mac_ratio": cost["macs"] / dense_cost["macs"], "compact_max_abs_diff": diff}
 
+    def save_compact_level(model, path):
+        out = path[: -len(".pth")] + "_compact.pth"
+        save_compact(out, compacts.pop("last"), args.m_name, model, size)
+        log(f"compact model: {out}")
+
     plan = PruningPlan(
         mode=mode, method=f"{args.pruner}-{args.scope}", folder=f"structured_{mode}", stage=f"prune_structured_{mode}",
-        granularity=FILTERS, prune=prune, extra_metrics=extra_metrics,
-        amount=args.ratio_per_step, iter_range=(args.iter_start, args.iter_end), targets=args.oneshot)
-    rows = run_pruning(hp, plan, hp.record(args))
-    if args.save_compact:
-        for r in rows:
-            model, _ = model_from_checkpoint(r["path"], args.m_name)
-            out = r["path"][: -len(".pth")] + "_compact.pth"
-            save_compact(out, export_compact(model, args.m_name), args.m_name, model)
-            log(f"compact model: {out}")
-    return rows
+        granularity=FILTERS, prune=prune, extra_metrics=extra_metrics, on_saved=save_compact_level if args.save_compact
+        else None, amount=args.ratio_per_step, iter_range=(args.iter_start, args.iter_end), targets=args.oneshot)
+    return run_pruning(hp, plan, hp.record(args))
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def main(args):
         row = {"file": path, "model": m_name, "stage": ckpt.get("stage"), "kind": kind_of(ckpt.get("stage")),
                "sparsity": float(ckpt["sparsity"]) if ckpt.get("sparsity") is not None else model_sparsity(model),
                "weight_sparsity": model_sparsity(model), "channel_sparsity": pruned_filters / max(total_filters, 1),
-               "structured": granularity is FILTERS, **cost, **granularity.evaluation_costs(model, m_name, size)}
+               "structured": granularity is FILTERS, **cost, **granularity.evaluation_costs(model, size)}
         if not args.no_eval:
             row["test_acc"], row["test_loss"] = evaluate(model, data.test, device, precision)
             row["val_acc"], _ = evaluate(model, data.val, device, precision)

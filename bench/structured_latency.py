@@ -48,8 +48,8 @@ def main():
             masked = model_loader(name)
             masked.load_state_dict(dense.state_dict())
             masked = add_structured_masks(masked).eval()
-            prune_channels(masked, name, target, "l1")
-            compact = export_compact(masked, name)
+            prune_channels(masked, size, target, "l1")
+            compact = export_compact(masked, size)
             diff = check_equivalence(masked, compact, size)
             cost = model_cost(compact, size)
             cells = []

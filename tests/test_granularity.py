@@ -19,7 +19,7 @@ def _weight_pruned(amount=0.6):
 
 def _filter_pruned(amount=0.5):
     model = FILTERS.add_masks(model_loader("resnet20"))
-    prune_channels(model, "resnet20", amount, "l1")
+    prune_channels(model, 32, amount, "l1")
     return model
 
 
@@ -47,18 +47,18 @@ def test_filter_sparsity_and_description_count_whole_filters():
 def test_device_costs_are_the_kernels_each_granularity_runs():
     size = 32
     sparse = _weight_pruned()
-    costs = WEIGHTS.device_costs(sparse, "resnet20", size)
+    costs = WEIGHTS.device_costs(sparse, size)
     dense_macs = model_cost(model_loader("resnet20"), size)["macs"]
     assert 0 < costs["macs"] < dense_macs and costs["macs"] == model_cost(sparse, size)["nonzero_macs"]
     assert costs["max_macs_per_weight"] == 32 * 32  # the first-stage convs: one MAC per output position
-    assert "latency_ms" not in WEIGHTS.device_costs(sparse, "resnet20", size, latency_batch=1)
+    assert "latency_ms" not in WEIGHTS.device_costs(sparse, size, latency_batch=1)
     filters = _filter_pruned()
-    row = FILTERS.device_costs(filters, "resnet20", size, latency_batch=1)
-    assert row["macs"] == model_cost(export_compact(filters, "resnet20"), size)["macs"] < dense_macs
+    row = FILTERS.device_costs(filters, size, latency_batch=1)
+    assert row["macs"] == model_cost(export_compact(filters, size), size)["macs"] < dense_macs
     assert row["alive_filters"] == FILTERS.total(filters) * (1 - FILTERS.sparsity(filters))
     assert row["latency_ms"] > 0
-    assert FILTERS.evaluation_costs(filters, "resnet20", size) == {"compact_macs": row["macs"]}
-    assert WEIGHTS.evaluation_costs(sparse, "resnet20", size) == {}
+    assert FILTERS.evaluation_costs(filters, size) == {"compact_macs": row["macs"]}
+    assert WEIGHTS.evaluation_costs(sparse, size) == {}
 
 
 def test_stage_names_and_labels():

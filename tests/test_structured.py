@@ -4,12 +4,21 @@ import pytest
 import torch
 import torch.nn as nn
 
-from models import model_loader
+from models import model_loader, model_spec
 from utils.compact import check_equivalence, export_compact, load_compact, save_compact
 from utils.masks import count_pruned_params
 from utils.structured import add_structured_masks, alive_channels, channel_groups, channel_sparsity, filter_counts, set_channels
 from utils.structured_importance import prune_channels
 from utils.regrowth.filters import FilterRegrower, group_capacities, restore_channels
+
+
+def input_size(name):
+    return model_spec(name).input_size
+
+
+def groups_of(name):
+    """The channel groups of a registered model, traced on a fresh instance."""
+    return channel_groups(model_loader(name), input_size(name))
 
 
 def _randomise_bn(model):
@@ -43,7 +52,7 @@ def test_group_indices_agree_with_single_channel_queries(name):
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, 3, size, size))
     mods = dict(model.named_modules())
     names = {m: n for n, m in model.named_modules()}
-    for g in channel_groups(name)[::3]:
+    for g in groups_of(name)[::3]:
         for c in (0, g.size - 1):
             group = graph.get_pruning_group(mods[g.root], tp.prune_conv_out_channels, idxs=[g.convs[0][1][c]])
             single = {names.get(dep.target.module): [int(i) for i in idxs] for dep, idxs in group}
@@ -52,7 +61,7 @@ def test_group_indices_agree_with_single_channel_queries(name):
 
 
 def test_resnet_stage_channels_are_coupled():
-    groups = {g.root: g for g in channel_groups("resnet20")}
+    groups = {g.root: g for g in groups_of("resnet20")}
     stem = groups["conv1"]
     assert {n for n, _ in stem.convs} == {"conv1", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2"}
     assert stem.cost == 4
@@ -63,8 +72,8 @@ def test_resnet_stage_channels_are_coupled():
 @pytest.mark.parametrize("name", ["vgg16", "resnet20", "effnet"])
 def test_pruned_channel_is_exactly_zero_after_batchnorm(name):
     model = _masked(name)
-    groups = channel_groups(name)
-    prune_channels(model, name, 0.3, "l1")
+    groups = groups_of(name)
+    prune_channels(model, input_size(name), 0.3, "l1")
     outs = {}
     hooks = [m.register_forward_hook(lambda mod, i, o, n=n: outs.__setitem__(n, o.detach().clone()))  # before an in-place ReLU
              for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
@@ -83,10 +92,10 @@ def test_pruned_channel_is_exactly_zero_after_batchnorm(name):
 
 def test_per_step_counts_are_exact():
     model = _masked("vgg16")
-    groups = channel_groups("vgg16")
+    groups = groups_of("vgg16")
     expected_alive = {g.root: g.size for g in groups}
     for step in range(3):
-        prune_channels(model, "vgg16", 0.3, "l2")
+        prune_channels(model, input_size("vgg16"), 0.3, "l2")
         for g in groups:
             expected_alive[g.root] = int(expected_alive[g.root] * (1 - 0.3))  # Torch-Pruning's local rule
             assert int(alive_channels(model, g).sum()) == expected_alive[g.root]
@@ -97,9 +106,9 @@ def test_per_step_counts_are_exact():
 
 def test_every_group_keeps_a_channel_and_linear_is_never_pruned():
     model = _masked("resnet20")
-    groups = channel_groups("resnet20")
+    groups = groups_of("resnet20")
     for _ in range(12):
-        prune_channels(model, "resnet20", 0.5, "l1")
+        prune_channels(model, input_size("resnet20"), 0.5, "l1")
     assert all(int(alive_channels(model, g).sum()) == 1 for g in groups)
     assert torch.all(model.linear.weight_mask == 1)
 
@@ -107,15 +116,15 @@ def test_every_group_keeps_a_channel_and_linear_is_never_pruned():
 def test_a_step_that_would_empty_a_layer_leaves_its_group_untouched():
     """int(16 * 0.05) = 0 channels left: Torch-Pruning skips such a group (check_pruning_group), as published."""
     model = _masked("resnet20")
-    prune_channels(model, "resnet20", 0.95, "l1")
-    for g in channel_groups("resnet20"):
+    prune_channels(model, input_size("resnet20"), 0.95, "l1")
+    for g in groups_of("resnet20"):
         keep = int(g.size * (1 - 0.95))
         assert int(alive_channels(model, g).sum()) == (keep if keep else g.size)
 
 
 def test_global_scope_prunes_the_requested_channels():
     model = _masked("vgg16")
-    removed = prune_channels(model, "vgg16", 0.4, "lamp", scope="global")
+    removed = prune_channels(model, input_size("vgg16"), 0.4, "lamp", scope="global")
     assert removed == 4224 - int(4224 * (1 - 0.4))  # vgg16 has no coupled groups: channels = filters
     assert filter_counts(model)[0] == removed
 
@@ -134,9 +143,9 @@ def _published_l1_group_score(model, g):
 def test_l1_importance_scores_the_whole_group():
     """The stem group of resnet20 (4 convs, 4 BatchNorms, 7 consumers): the lowest group-L1 channels go."""
     model = _masked("resnet20")
-    stem = next(g for g in channel_groups("resnet20") if g.root == "conv1")
+    stem = next(g for g in groups_of("resnet20") if g.root == "conv1")
     score = _published_l1_group_score(model, stem)
-    prune_channels(model, "resnet20", 0.25, "l1")
+    prune_channels(model, input_size("resnet20"), 0.25, "l1")
     dead = ~alive_channels(model, stem)
     assert int(dead.sum()) == 4
     assert score[dead].max() <= score[~dead].min()
@@ -153,8 +162,8 @@ def test_regrown_filters_take_dense_values():
     sparse = model_loader("resnet20")
     sparse.load_state_dict(dense_state)
     add_structured_masks(sparse)
-    groups = channel_groups("resnet20")
-    prune_channels(sparse, "resnet20", 0.5, "l1")
+    groups = groups_of("resnet20")
+    prune_channels(sparse, input_size("resnet20"), 0.5, "l1")
     with torch.no_grad():  # training moved the weights since pruning
         for n, p in sparse.named_parameters():
             p.mul_(0.5)
@@ -187,12 +196,12 @@ def test_regrown_filters_take_dense_values():
 @pytest.mark.parametrize("name", ["vgg16", "resnet20", "effnet"])
 def test_compact_model_matches_masked_model(name, tmp_path):
     model = _masked(name)
-    prune_channels(model, name, 0.5, "l1")
-    compact = export_compact(model, name)
+    prune_channels(model, input_size(name), 0.5, "l1")
+    compact = export_compact(model, input_size(name))
     assert check_equivalence(model, compact, 32) < 1e-4
     full = sum(p.numel() for p in model_loader(name).parameters())
     assert sum(p.numel() for p in compact.parameters()) < 0.5 * full
-    save_compact(tmp_path / "c.pth", compact, name, model)
+    save_compact(tmp_path / "c.pth", compact, name, model, input_size(name))
     again, ckpt = load_compact(tmp_path / "c.pth")
     assert ckpt["model"] == name
     assert check_equivalence(model, again, 32) < 1e-4
@@ -200,7 +209,7 @@ def test_compact_model_matches_masked_model(name, tmp_path):
 
 def test_set_channels_round_trip():
     model = _masked("vgg16")
-    g = channel_groups("vgg16")[0]
+    g = groups_of("vgg16")[0]
     set_channels(model, g, [0, 5], alive=False)
     assert alive_channels(model, g).tolist().count(False) == 2
     assert count_pruned_params(model)[2] == 2 * 27  # two 3x3x3 filters
@@ -269,11 +278,11 @@ def test_pruned_filters_equal_torch_pruning_magnitude_pruner(name, criterion):
     survivors = _published_pruning(plain, name, criterion, 0.3, 2, batches)
     widths = {n: m.out_channels for n, m in masked.named_modules() if isinstance(m, nn.Conv2d)}
     for step in range(2):
-        prune_channels(masked, name, 0.3, criterion, batches=batches)
+        prune_channels(masked, input_size(name), 0.3, criterion, batches=batches)
         ours = _pruned_rows(masked)
         published = {n: sorted(set(range(widths[n])) - set(s)) for n, s in survivors[step].items()}
         assert ours == published, f"step {step + 1}"
-        for grp in channel_groups(name):  # and group by group, the coupled members agree
+        for grp in groups_of(name):  # and group by group, the coupled members agree
             dead = torch.nonzero(~alive_channels(masked, grp)).flatten().tolist()
             for conv, idxs in grp.convs:
                 assert sorted(idxs[c] for c in dead) == published[conv]
@@ -286,6 +295,6 @@ def test_global_scope_equals_torch_pruning_global_ranking():
     plain = model_loader("resnet20")
     plain.load_state_dict(unmasked_state_dict(masked.state_dict()))
     survivors = _published_pruning(plain, "resnet20", "l1", 0.3, 1, [], global_pruning=True)
-    prune_channels(masked, "resnet20", 0.3, "l1", scope="global")
+    prune_channels(masked, input_size("resnet20"), 0.3, "l1", scope="global")
     widths = {n: m.out_channels for n, m in masked.named_modules() if isinstance(m, nn.Conv2d)}
     assert _pruned_rows(masked) == {n: sorted(set(range(widths[n])) - set(s)) for n, s in survivors[0].items()}

@@ -9,35 +9,31 @@ computes; `check_equivalence` measures the difference.
 import time
 
 import torch
+import torch_pruning as tp
 
-from utils.masks import unmasked_state_dict
-from utils.structured import alive_channels, channel_groups
-
-
-def export_compact(masked_model, m_name):
-    """A plain nn.Module with the masked channels removed (CPU, eval mode)."""
-    from models import model_loader
-
-    plain = model_loader(m_name)
-    plain.load_state_dict({k: v.detach().cpu() for k, v in unmasked_state_dict(masked_model.state_dict()).items()})
-    return _prune_plain(plain, m_name, dead_channels(masked_model, m_name))
+from models import model_loader, model_spec
+from utils.structured import alive_channels, channel_groups, plain_copy
 
 
-def dead_channels(masked_model, m_name):
+def export_compact(masked_model, input_size):
+    """A plain nn.Module with the masked channels removed (CPU, eval mode); `input_size`: the square input the
+    dependency graph is traced with."""
+    return _prune_plain(plain_copy(masked_model), input_size, dead_channels(masked_model, input_size))
+
+
+def dead_channels(masked_model, input_size):
     """{group root: [pruned root channel indices]} of a masked model."""
-    return {g.root: torch.nonzero(~alive_channels(masked_model, g)).flatten().tolist() for g in channel_groups(m_name)}
+    return {g.root: torch.nonzero(~alive_channels(masked_model, g)).flatten().tolist()
+            for g in channel_groups(masked_model, input_size)}
 
 
-def _prune_plain(plain, m_name, dead):
-    import torch_pruning as tp
-
-    from models import model_spec
-
-    size = model_spec(m_name).input_size
+def _prune_plain(plain, input_size, dead):
+    """Remove the `dead` channels of every group from the plain (unmasked) model, in place."""
     plain.eval()
-    graph = tp.DependencyGraph().build_dependency(plain, example_inputs=torch.randn(1, 3, size, size))
+    groups = channel_groups(plain, input_size)  # before any cut: the full architecture's groups
+    graph = tp.DependencyGraph().build_dependency(plain, example_inputs=torch.randn(1, 3, input_size, input_size))
     modules = dict(plain.named_modules())
-    for group in channel_groups(m_name):
+    for group in groups:
         idx = dead.get(group.root, [])
         if idx:
             roots = [group.convs[0][1][c] for c in idx]
@@ -45,22 +41,22 @@ def _prune_plain(plain, m_name, dead):
     return plain
 
 
-def save_compact(path, compact, m_name, masked_model):
+def save_compact(path, compact, m_name, masked_model, input_size):
     """Write a compact model as a weights_only dict: its state_dict plus the removed channels per group."""
     from utils.checkpoints import COMPACT_FORMAT, atomic_torch_save, cpu_state_dict
 
-    return atomic_torch_save({"format": COMPACT_FORMAT, "model": m_name, "stage": "compact",
-                              "dead_channels": dead_channels(masked_model, m_name),
+    return atomic_torch_save({"format": COMPACT_FORMAT, "model": m_name, "stage": "compact", "input_size": input_size,
+                              "dead_channels": dead_channels(masked_model, input_size),
                               "state_dict": cpu_state_dict(compact)}, path)
 
 
 def load_compact(path):
     """Rebuild a compact model saved by save_compact (prunes a fresh model the same way, loads the weights)."""
-    from models import model_loader
     from utils.checkpoints import load_state_file
 
     ckpt = load_state_file(path)
-    plain = _prune_plain(model_loader(ckpt["model"]), ckpt["model"], ckpt["dead_channels"])
+    size = ckpt.get("input_size") or model_spec(ckpt["model"]).input_size  # files written before input_size
+    plain = _prune_plain(model_loader(ckpt["model"]), size, ckpt["dead_channels"])
     plain.load_state_dict(ckpt["state_dict"])
     return plain, ckpt
 

@@ -41,11 +41,11 @@ class WeightGranularity:
         total, surviving, _ = count_pruned_params(model)
         return f"weight sparsity {model_sparsity(model):.4f} ({surviving:,} of {total:,} weights alive)"
 
-    def evaluation_costs(self, model, m_name, input_size):
+    def evaluation_costs(self, model, input_size):
         """What the evaluation table adds for this granularity (dense kernels: nothing beyond the masked costs)."""
         return {}
 
-    def device_costs(self, model, m_name, input_size, latency_batch=None):
+    def device_costs(self, model, input_size, latency_batch=None):
         """The MACs a level costs on a device: non-zero MACs, and the most MACs one regrown weight can add.
         (Latency is not measured: a weight-sparse model runs dense kernels.)"""
         costs = layer_costs(model, input_size)
@@ -84,13 +84,13 @@ class FilterGranularity:
         pruned, total = filter_counts(model)
         return f"channel sparsity {channel_sparsity(model):.4f} ({total - pruned:,} of {total:,} filters alive)"
 
-    def evaluation_costs(self, model, m_name, input_size):
+    def evaluation_costs(self, model, input_size):
         """The MACs of the compact model (the filters physically removed)."""
-        return {"compact_macs": model_cost(export_compact(model, m_name), input_size)["macs"]}
+        return {"compact_macs": model_cost(export_compact(model, input_size), input_size)["macs"]}
 
-    def device_costs(self, model, m_name, input_size, latency_batch=None):
+    def device_costs(self, model, input_size, latency_batch=None):
         """The compact model's MACs, the alive filters and, with a latency batch, the compact model's latency."""
-        compact = export_compact(model, m_name)
+        compact = export_compact(model, input_size)
         pruned, total = filter_counts(model)
         row = {"macs": model_cost(compact, input_size)["macs"], "alive_filters": total - pruned}
         if latency_batch is not None:

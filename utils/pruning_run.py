@@ -114,6 +114,7 @@ class PruningPlan:
     granularity: object          # utils.granularity WEIGHTS | FILTERS: masks, sparsity, labels, table columns
     prune: object                # (model, amount, data) -> None
     extra_metrics: object = None  # model -> dict of extra row values (structured: ratios)
+    on_saved: object = None      # (model, checkpoint path) -> None, after a level is saved (--save_compact)
     amount: float = 0.3          # iterative amount per level
     iter_range: tuple = (1, 15)
     targets: list = field(default_factory=list)
@@ -198,6 +199,8 @@ def run_pruning(hp, plan, record):
         metrics = {"val_acc": res.best_val_acc, "test_acc": test_acc, "val_acc_before_finetune": pruned_val}
         save_checkpoint(path, model, m_name, data.spec.name, plan.stage, record, metrics,
                         finetune_steps=res.steps, training_flops=ledger.record(), **extra_keys, **extra)
+        if plan.on_saved:
+            plan.on_saved(model, path)
         if ft.eval_every is not None and evals:
             plot_finetune_curve(evals, os.path.splitext(path)[0] + "_evals.png",
                                 f"{m_name} {plan.method} {plan.mode} at {plan.granularity.level_label} {sp:.4f}: "

@@ -16,14 +16,14 @@ Structured sparsity = pruned filters / all Conv2d filters (the published metric)
 masks: a filter is pruned when its whole weight-mask row is zero. Which filters a pruning step
 removes (the published Torch-Pruning importances) is `utils.structured_importance`.
 """
-import functools
+import copy
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.utils.prune as prune
 
-from utils.masks import add_masks, has_mask
+from utils.masks import add_masks, export_plain_model, has_mask
 
 SCOPES = ("local", "global")
 
@@ -79,12 +79,39 @@ def _trace_groups(model, input_size):
     return sorted(groups, key=lambda g: order[g.root])
 
 
-@functools.lru_cache(maxsize=None)
-def channel_groups(m_name):
-    """The channel groups of a registered model (traced once per process on a fresh instance)."""
-    from models import model_loader, model_spec
+def plain_copy(model):
+    """A CPU copy of `model` with every mask baked into its parameter: the architecture without the pruning
+    reparametrisation, for Torch-Pruning to trace and cut (a torch.compile'd twin is not copied)."""
+    memo = {}
+    for m in model.modules():
+        for value in vars(m).values():
+            if torch.is_tensor(value) and not value.is_leaf:  # a masked weight computed in a forward with grad:
+                memo[id(value)] = value.detach()              # not copyable, and recomputed from *_orig below
+    twin = model.__dict__.get("_bridge_compiled")
+    if twin is not None:
+        memo[id(twin)] = None
+    copied = copy.deepcopy(model, memo)
+    copied.__dict__.pop("_bridge_compiled", None)
+    return export_plain_model(copied.cpu())
 
-    return tuple(_trace_groups(model_loader(m_name), model_spec(m_name).input_size))
+
+def architecture_key(model):
+    """What the channel groups depend on: the module class and every parameter's name and shape."""
+    shapes = tuple(sorted((k.removesuffix("_orig"), tuple(v.shape)) for k, v in model.state_dict().items()
+                          if not k.endswith("_mask")))  # sorted: masking reorders a module's entries
+    return type(model).__module__, type(model).__qualname__, shapes
+
+
+_GROUPS = {}
+
+
+def channel_groups(model, input_size):
+    """The channel groups of `model`'s architecture for square inputs of `input_size` pixels (traced once per
+    architecture and process, on a plain copy)."""
+    key = (architecture_key(model), int(input_size))
+    if key not in _GROUPS:
+        _GROUPS[key] = tuple(_trace_groups(plain_copy(model), input_size))
+    return _GROUPS[key]
 
 
 def _modules(model):

@@ -28,7 +28,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
 
-from models import model_spec
 from utils.compact import export_compact
 from utils.errors import BridgeError, UnknownChoiceError
 from utils.structured import SCOPES, alive_channels, channel_groups, set_channels
@@ -103,7 +102,7 @@ def _row_to_channel(groups):
     return out
 
 
-def select_channels(masked_model, m_name, amount, criterion="l1", scope="local", batches=None):
+def select_channels(masked_model, input_size, amount, criterion="l1", scope="local", batches=None):
     """{group root: [channels the published pruner removes at this step]} for a masked model.
 
     `amount` is the pruner's `pruning_ratio` for this step (local: of each group's alive channels;
@@ -117,15 +116,14 @@ def select_channels(masked_model, m_name, amount, criterion="l1", scope="local",
         raise BridgeError(f"pruning amount must be in [0, 1), got {amount}")
     if amount == 0.0:
         return {}
-    groups = channel_groups(m_name)
+    groups = channel_groups(masked_model, input_size)
     device = next(masked_model.parameters()).device
-    compact = export_compact(masked_model, m_name).to(device)
+    compact = export_compact(masked_model, input_size).to(device)
     importance = make_importance(criterion)
     if criterion in GRADIENT_IMPORTANCE:
         fill_gradients(compact, criterion, importance, [(x.to(device), y.to(device)) for x, y in batches or []])
-    size = model_spec(m_name).input_size
     pruner = tp.pruner.MagnitudePruner(
-        compact, torch.randn(1, 3, size, size, device=device), importance=importance, iterative_steps=1,
+        compact, torch.randn(1, 3, input_size, input_size, device=device), importance=importance, iterative_steps=1,
         pruning_ratio=amount, global_pruning=scope == "global",
         ignored_layers=[m for m in compact.modules() if isinstance(m, nn.Linear)])
     names = {m: n for n, m in compact.named_modules()}
@@ -140,11 +138,11 @@ def select_channels(masked_model, m_name, amount, criterion="l1", scope="local",
     return chosen
 
 
-def prune_channels(masked_model, m_name, amount, criterion="l1", scope="local", batches=None):
+def prune_channels(masked_model, input_size, amount, criterion="l1", scope="local", batches=None):
     """One structured pruning step on a masked model (see `select_channels`); returns the filters removed."""
     removed = 0
-    groups = {g.root: g for g in channel_groups(m_name)}
-    for root, channels in select_channels(masked_model, m_name, amount, criterion, scope, batches).items():
+    groups = {g.root: g for g in channel_groups(masked_model, input_size)}
+    for root, channels in select_channels(masked_model, input_size, amount, criterion, scope, batches).items():
         g = groups[root]
         if not bool(alive_channels(masked_model, g)[channels].all()):
             raise BridgeError(f"internal error: {root} would prune an already pruned channel")

@@ -227,7 +227,7 @@ class StructuredKind(RegrowthKind):
 
     def __init__(self, setup):
         super().__init__(setup)
-        self.groups = channel_groups(setup.hp.source.m_name)
+        self.groups = channel_groups(setup.dense, setup.data.spec.image_size)
         self.by_root = {g.root: g for g in self.groups}
         self._scores = {}
         self._dense_state = None
