@@ -10,6 +10,7 @@ from utils.masks import count_pruned_params
 from utils.structured import add_structured_masks, alive_channels, channel_groups, channel_sparsity, filter_counts, set_channels
 from utils.structured_importance import prune_channels
 from utils.regrowth.filters import FilterRegrower, group_capacities, restore_channels
+from utils.regrowth.final_finetune import regrown_since, weight_masks
 
 
 def input_size(name):
@@ -172,8 +173,16 @@ def test_regrown_filters_take_dense_values():
     dead = torch.nonzero(~alive_channels(sparse, g)).flatten().tolist()
     scores = {g.root: torch.arange(g.size, dtype=torch.float)}  # higher index = more salient
     regrower = FilterRegrower([g], scores, dense_state)
+    start_masks = weight_masks(sparse)
     regrown, filters = regrower.apply(sparse, {g.root: 2 * g.cost})
     chans = regrown[g.root].tolist()
+    # what --finetune_scope regrown trains: every weight of the restored filters, in each conv of the group
+    mods = dict(sparse.named_modules())
+    expected = {}
+    for name, idxs in g.convs:
+        per_row = mods[name].weight_orig[0].numel()
+        expected[name] = sorted(idxs[c] * per_row + j for c in chans for j in range(per_row))
+    assert {n: sorted(i.tolist()) for n, i in regrown_since(start_masks, sparse).items()} == expected
     dead_before = 16  # 32 channels, half pruned
     assert len(chans) == 2 and filters == 2 * g.cost and caps[g.root] == dead_before * g.cost
     mods = dict(sparse.named_modules())

@@ -217,10 +217,6 @@ class UnstructuredKind(RegrowthKind):
         ascending SSIM order, most drifted first."""
         return list(space.names)
 
-    def weight_indices(self, regrown):
-        """{module: flat weight indices} of what was regrown (for --finetune_scope regrown)."""
-        return regrown
-
 
 class StructuredKind(RegrowthKind):
     granularity = FILTERS
@@ -291,15 +287,3 @@ class StructuredKind(RegrowthKind):
             return float(scores[n][dead].mean()) if dead.any() else float("-inf")
 
         return sorted(space.names, key=mean_dead, reverse=True)
-
-    def weight_indices(self, regrown):
-        """{conv: flat weight indices} of the filters restored (for --finetune_scope regrown)."""
-        mods = dict(self.setup.dense.named_modules())
-        out = {}
-        for root, chans in regrown.items():
-            for name, idxs in self.by_root[root].convs:
-                per_row = mods[name].weight.numel() // mods[name].weight.shape[0]
-                rows = torch.as_tensor([idxs[c] for c in chans.tolist()], dtype=torch.long)
-                flat = (rows[:, None] * per_row + torch.arange(per_row)[None, :]).flatten()
-                out[name] = torch.cat([out[name], flat]) if name in out else flat
-        return out

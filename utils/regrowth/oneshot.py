@@ -16,7 +16,7 @@ from utils.errors import BridgeError
 from utils.progress import log
 from utils.records import WandbLog, write_json
 from utils.regrowth.env import RegrowthEnv
-from utils.regrowth.final_finetune import final_finetune
+from utils.regrowth.final_finetune import final_finetune, regrown_since, weight_masks
 from utils.regrowth.outputs import save_model, write_search_outputs
 from utils.regrowth.search import run_search, search_flops
 from utils.regrowth.setup import (search_config, calibrated_reference, make_reinforce, prepare, reward_proxy,
@@ -99,13 +99,17 @@ def run_oneshot(hp, kind_cls, *, record, sparse_path, out_dir, requested, refere
             f"{learning['last_std']:.4f} vs the first {learning['window']}'s {learning['first_mean']:+.4f} ± "
             f"{learning['first_std']:.4f} (Welch t {learning['welch_t']:+.2f}, p = {learning['welch_p']:.3g})")
 
-    # final finetune from the best allocation's regrown (pre-finetune) state: regrowing again with the
-    # best episode's init seed rebuilds exactly the state saved as best_ep*.pth
-    regrown, _ = env.regrow(best.allocation, outcome.best_episode)
+    # final finetune from the best allocation's regrown (pre-finetune) state, the one saved as best_ep*.pth;
+    # a resumed search holds no states of the episodes before it, and regrowing with the best episode's init
+    # seed rebuilds that state exactly
+    if best.pre_state is not None:
+        env.model.load_state_dict(best.pre_state)
+    else:
+        env.regrow(best.allocation, outcome.best_episode)
     final = env.model
     ft_epochs = hp.finetune.finetune_epochs or 0
     ft_steps = hp.finetune.steps(len(setup.data.train))
-    val_acc, test_acc, _ = final_finetune(setup, final, kind.weight_indices(regrown), ft_steps,
+    val_acc, test_acc, _ = final_finetune(setup, final, regrown_since(weight_masks(sparse), final), ft_steps,
                                           evals_path=os.path.join(out_dir, "final_finetune_evals.jsonl"))
     final_sparsity = kind.sparsity(final)
     final_path = save_model(os.path.join(out_dir, "final_finetuned.pth"), final, setup, f"{stage}_final",
