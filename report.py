@@ -28,6 +28,7 @@ from utils.plots import plot_accuracy_vs_compute, plot_report
 from utils.progress import log
 from utils.pruning_curve import PruningCurve
 from utils.records import read_jsonl, write_json
+from utils.regrowth.outputs import SUMMARY_FILE, RunSummary
 from utils.stats import compare_groups, fmt_difference, fmt_mean_std, mean_std
 
 DEFAULT_RUNS = tuple(os.path.normpath(d) for d in paths.REGROWTH_SAVE_DIRS)
@@ -184,35 +185,24 @@ def _args_from_checkpoint(folder):
 
 
 def load_runs(paths, m_name):
-    """Regrowth results from summary.json files: one row per run."""
+    """Regrowth results from summary.json files (utils.regrowth.outputs.RunSummary): one row per run."""
     rows = []
     for root in paths:
-        for path in sorted(glob.glob(os.path.join(root, "**", "summary.json"), recursive=True)):
+        for path in sorted(glob.glob(os.path.join(root, "**", SUMMARY_FILE), recursive=True)):
             try:
-                s = json.load(open(path))
+                run = RunSummary.load(path, lambda: _args_from_checkpoint(os.path.dirname(path)))
             except (OSError, json.JSONDecodeError):
                 continue
-            if s.get("model") not in (m_name, None):
+            if run.model not in (m_name, None):
                 continue
-            args = s.get("args") or _args_from_checkpoint(os.path.dirname(path))
-            if "iterations" in s:
-                its = s["iterations"]
-                start = its[0]
-                row = {"type": "iterative", "start_sparsity": start["sparsity"], "start_test_acc": start["test_acc"],
-                       "start_val_acc": start["val_acc"], "final_sparsity": s["final_sparsity"],
-                       "val_acc": s["final_val_acc"], "test_acc": s["final_test_acc"], "steps": len(its) - 1}
-            else:
-                row = {"type": "oneshot", "start_sparsity": s["start_sparsity"], "start_test_acc": s["sparse_test_acc"],
-                       "start_val_acc": s["sparse_val_acc"], "final_sparsity": s["final_sparsity"],
-                       "val_acc": s["final_val_acc"], "test_acc": s["final_test_acc"], "steps": 1}
-            row.update({"kind": s.get("kind", "weights"), "allocator": s.get("allocator") or args.get("allocator", "rl"),
-                        "init": args.get("init_strategy", "?"), "finetune_epochs": args.get("finetune_epochs"),
-                        "finetune_steps": s.get("final_finetune_steps", args.get("finetune_epochs")),
-                        "selection": s.get("selection", args.get("selection", "saliency")),
-                        "training_flops": flops_total(s.get("training_flops"), math.nan),
-                        "seed": s.get("seed", args.get("seed")), "start_ckpt": s.get("start_ckpt"), "path": path,
-                        "search": search_label(s, args), "method_args": args})
-            rows.append(row)
+            args = run.args
+            rows.append({"type": run.type, "start_sparsity": run.start_sparsity, "start_test_acc": run.start_test_acc,
+                         "start_val_acc": run.start_val_acc, "final_sparsity": run.final_sparsity,
+                         "val_acc": run.val_acc, "test_acc": run.test_acc, "steps": run.steps, "kind": run.kind,
+                         "allocator": run.allocator, "init": args.get("init_strategy", "?"),
+                         "finetune_epochs": args.get("finetune_epochs"), "finetune_steps": run.finetune_steps,
+                         "selection": run.selection, "training_flops": run.training_flops, "seed": run.seed,
+                         "start_ckpt": run.start_ckpt, "path": path, "search": search_label(run), "method_args": args})
     return rows
 
 
@@ -233,14 +223,14 @@ def start_identity(path):
         return path
 
 
-def search_label(summary, args):
-    """(what scored the search's episodes, how many episodes it ran)."""
-    proxy = summary.get("reward_proxy") or args.get("reward_proxy") or "steps"
+def search_label(run):
+    """(what scored the search's episodes, how many episodes it ran) of a RunSummary."""
+    proxy = run.reward_proxy
     if proxy == "steps":
-        steps = summary.get("mini_finetune_steps") or args.get("mini_finetune_steps")
-        length = f"{steps}" if steps is not None else f"{args.get('mini_finetune_epochs', '?')} epochs"
-        proxy = f"steps {length}" + (" (--fast)" if args.get("fast") else "")
-    return proxy, summary.get("episodes")
+        steps = run.mini_finetune_steps
+        length = f"{steps}" if steps is not None else f"{run.args.get('mini_finetune_epochs', '?')} epochs"
+        proxy = f"steps {length}" + (" (--fast)" if run.args.get("fast") else "")
+    return proxy, run.episodes
 
 
 def search_cell(group):

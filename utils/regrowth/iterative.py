@@ -15,10 +15,10 @@ from utils.errors import BridgeError
 from utils.plots import plot_accuracy_vs_sparsity
 from utils.progress import log
 from utils.pruning_curve import load_pruning_curve
-from utils.records import WandbLog, append_jsonl, read_jsonl, write_json, write_jsonl
+from utils.records import WandbLog, append_jsonl, read_jsonl, write_jsonl
 from utils.regrowth.env import RegrowthEnv
 from utils.regrowth.final_finetune import final_finetune, regrown_since, weight_masks
-from utils.regrowth.outputs import save_model, write_search_outputs
+from utils.regrowth.outputs import save_model, write_search_outputs, write_summary
 from utils.regrowth.search import ensure_best_states, run_search, search_flops
 from utils.regrowth.setup import (search_config, calibrated_reference, make_reinforce, prepare, reward_proxy,
                                   work_model_like)
@@ -162,7 +162,7 @@ def run_iterative(hp, loop, kind_cls, *, record, baseline_dir, run_dir, script, 
                "training_flops": setup.compute.record(),
                "run_seconds": time.perf_counter() - t_run, "final_description": kind.describe(current),
                "seed": seed, "args": jsonable(record)}
-    write_json(os.path.join(run_dir, "summary.json"), summary)
+    write_summary(run_dir, summary)
     with open(os.path.join(run_dir, "search_summary.txt") if dist.is_main() else os.devnull, "w") as fh:
         fh.write(f"model: {m_name}\nstart: {sparse_path}\npruning curve: {baseline_dir} ({curve.metric})\n")
         fh.write(f"{'iter':>4} {'sparsity':>9} {'val acc':>8} {'curve':>8} {'delta pp':>9} {'test acc':>9}\n")

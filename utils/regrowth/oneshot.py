@@ -14,10 +14,10 @@ from utils import distributed as dist
 from utils.checkpoints import jsonable
 from utils.errors import BridgeError
 from utils.progress import log
-from utils.records import WandbLog, write_json
+from utils.records import WandbLog
 from utils.regrowth.env import RegrowthEnv
 from utils.regrowth.final_finetune import final_finetune, regrown_since, weight_masks
-from utils.regrowth.outputs import save_model, write_search_outputs
+from utils.regrowth.outputs import save_model, write_search_outputs, write_summary
 from utils.regrowth.search import run_search, search_flops
 from utils.regrowth.setup import (search_config, calibrated_reference, make_reinforce, prepare, reward_proxy,
                                   work_model_like)
@@ -133,7 +133,7 @@ def run_oneshot(hp, kind_cls, *, record, sparse_path, out_dir, requested, refere
         "search_layers": space.names, "ssim": space.ssim, "run_seconds": time.perf_counter() - t_run,
         "final_description": kind.describe(final), "seed": seed, "args": jsonable(record),
     }
-    write_json(os.path.join(out_dir, "summary.json"), summary)
+    write_summary(out_dir, summary)
     with open(os.path.join(out_dir, "search_summary.txt") if dist.is_main() else os.devnull, "w") as fh:
         fh.write(f"model: {m_name}\nstart checkpoint: {sparse_path}\n"
                  f"sparsity: {start_sparsity:.4f} -> {final_sparsity:.4f} "

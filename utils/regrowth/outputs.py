@@ -1,8 +1,78 @@
-"""What a regrowth run writes besides its logs: checkpoints with their training FLOPs, search plots."""
+"""What a regrowth run writes besides its logs: checkpoints with their training FLOPs, search plots, and
+the summary.json that report.py reads back through RunSummary."""
+import json
+import math
 import os
+from dataclasses import dataclass, field
 
 from utils.checkpoints import save_checkpoint
+from utils.compute import flops_total
 from utils.plots import plot_allocation, plot_search_curves
+from utils.records import write_json
+
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class RunSummary:
+    """The result of one regrowth run as the reports compare it, read from its summary.json (which also holds
+    the search's details: allocation, SSIM, timings). One-shot and iterative runs write different layouts
+    (the start model is the sparse model, or iteration -1); older files lack some keys."""
+
+    type: str                 # oneshot | iterative
+    model: str
+    kind: str                 # weights | filters
+    start_sparsity: float
+    start_val_acc: float
+    start_test_acc: float
+    final_sparsity: float
+    val_acc: float            # after the final finetune (if any)
+    test_acc: float
+    steps: int                # regrowth steps: 1, or the iterations run
+    allocator: str
+    selection: str
+    finetune_steps: object    # the final finetune's steps (None where not recorded)
+    training_flops: float     # from the dense model, every stage included (nan where not recorded)
+    seed: object
+    start_ckpt: str
+    reward_proxy: str
+    mini_finetune_steps: object
+    episodes: object          # one-shot: episodes the search ran
+    args: dict = field(default_factory=dict)  # the run's recorded arguments
+    path: str = None
+
+    @classmethod
+    def from_dict(cls, s, path=None, recorded=None):
+        """`recorded`: the run's recorded arguments (or a function returning them) for files that hold none."""
+        args = s.get("args") or (recorded() if callable(recorded) else recorded) or {}
+        if "iterations" in s:
+            start, kind, steps = s["iterations"][0], "iterative", len(s["iterations"]) - 1
+            start_sp, start_val, start_test = start["sparsity"], start["val_acc"], start["test_acc"]
+        else:
+            kind, steps = "oneshot", 1
+            start_sp, start_val, start_test = s["start_sparsity"], s["sparse_val_acc"], s["sparse_test_acc"]
+        return cls(
+            type=kind, model=s.get("model"), kind=s.get("kind", "weights"), start_sparsity=start_sp,
+            start_val_acc=start_val, start_test_acc=start_test, final_sparsity=s["final_sparsity"],
+            val_acc=s["final_val_acc"], test_acc=s["final_test_acc"], steps=steps,
+            allocator=s.get("allocator") or args.get("allocator", "rl"),
+            selection=s.get("selection", args.get("selection", "saliency")),
+            finetune_steps=s.get("final_finetune_steps", args.get("finetune_epochs")),
+            training_flops=flops_total(s.get("training_flops"), math.nan), seed=s.get("seed", args.get("seed")),
+            start_ckpt=s.get("start_ckpt"), reward_proxy=s.get("reward_proxy") or args.get("reward_proxy") or "steps",
+            mini_finetune_steps=s.get("mini_finetune_steps") or args.get("mini_finetune_steps"),
+            episodes=s.get("episodes"), args=args, path=path)
+
+    @classmethod
+    def load(cls, path, recorded=None):
+        """The summary at `path` (see from_dict)."""
+        with open(path) as fh:
+            return cls.from_dict(json.load(fh), path, recorded)
+
+
+def write_summary(run_dir, summary):
+    """summary.json of a run (a dict RunSummary.from_dict reads); returns its path."""
+    return write_json(os.path.join(run_dir, SUMMARY_FILE), summary)
 
 
 def save_model(path, model, setup, stage, metrics, kind, **extra):
