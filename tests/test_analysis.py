@@ -170,7 +170,7 @@ def test_report_groups_seeds(sparse_digits, tmp_path):
 def test_report_groups_the_seeds_of_one_method_and_nothing_else(tmp_path):
     """Seeds with their own start checkpoints (made alike) form one group; another reward proxy, selection or
     start recipe is another method even under the same allocator."""
-    import report
+    from utils import study_results
 
     def start(name, steps, seed):
         path = str(tmp_path / name)
@@ -188,27 +188,27 @@ def test_report_groups_the_seeds_of_one_method_and_nothing_else(tmp_path):
     rows = [run(0, s0), run(1, s1, device="cpu"),  # one method: seed, paths, execution settings differ
             run(0, s0, reward_proxy="steps"), run(0, s0, selection="magnitude"),  # two other methods
             run(0, s2)]  # a start made with another recipe
-    groups = report.group_runs(rows)
+    groups = study_results.group_runs(rows)
     assert sorted(len(g) for g in groups) == [1, 1, 1, 2]
     (pair,) = [g for g in groups if len(g) == 2]
     assert [r["seed"] for r in pair] == [0, 1]
-    assert report.start_identity(str(tmp_path / "missing.pth")) == str(tmp_path / "missing.pth")
+    assert study_results.start_identity(str(tmp_path / "missing.pth")) == str(tmp_path / "missing.pth")
 
 
 def test_report_matches_a_run_to_the_curve_folder_of_its_start(tmp_path, monkeypatch):
     """By resolved folder: a start from another work dir's `oneshot` curve is not this work dir's `oneshot`."""
-    import report
+    from utils import study_results
 
     a, b = tmp_path / "a", tmp_path / "b"
     for d in (a, b):
         (d / "resnet20" / "oneshot").mkdir(parents=True)
-    folders = report.curve_folders(str(a), "resnet20", {"oneshot"})
-    folders.update(report.curve_folders(str(b), "resnet20", {"b/oneshot"}, prefix="b/"))
-    assert report._curve_for(str(a / "resnet20" / "oneshot" / "m.pth"), folders) == "oneshot"
-    assert report._curve_for(str(b / "resnet20" / "oneshot" / "m.pth"), folders) == "b/oneshot"
-    assert report._curve_for(str(tmp_path / "c" / "resnet20" / "oneshot" / "m.pth"), folders) is None
-    assert report._curve_for(None, folders) is None
+    folders = study_results.curve_folders(str(a), "resnet20", {"oneshot"})
+    folders.update(study_results.curve_folders(str(b), "resnet20", {"b/oneshot"}, prefix="b/"))
+    assert study_results.curve_for_start(str(a / "resnet20" / "oneshot" / "m.pth"), folders) == "oneshot"
+    assert study_results.curve_for_start(str(b / "resnet20" / "oneshot" / "m.pth"), folders) == "b/oneshot"
+    assert study_results.curve_for_start(str(tmp_path / "c" / "resnet20" / "oneshot" / "m.pth"), folders) is None
+    assert study_results.curve_for_start(None, folders) is None
     # a relative path recorded elsewhere: its trailing folders decide
     monkeypatch.chdir(tmp_path / "a")
-    assert report._curve_for(os.path.join("b", "resnet20", "oneshot", "m.pth"), folders) == "b/oneshot"
-    assert report._curve_for(os.path.join("resnet20", "oneshot", "m.pth"), folders) == "oneshot"
+    assert study_results.curve_for_start(os.path.join("b", "resnet20", "oneshot", "m.pth"), folders) == "b/oneshot"
+    assert study_results.curve_for_start(os.path.join("resnet20", "oneshot", "m.pth"), folders) == "oneshot"
