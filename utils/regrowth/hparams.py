@@ -4,6 +4,7 @@ and RegrowthHparams, the one object the regrowth stages receive."""
 from dataclasses import dataclass
 
 from models import canonical_model_name
+from utils import cli
 from utils.allocators import ALLOCATORS
 from utils.cache import default_cache_dir
 from utils.controller import ReinforceConfig
@@ -264,6 +265,18 @@ class IterativeHparams(Hparams):
     max_budget_frac: float = flag(0.01, "", type=float)
     resume_iter: int = flag(None, "restart at this iteration from iter_{k-1}/best_grown_model.pth (default with "
                             "--resume: after the last finished iteration)", type=int)
+
+    def check(self, reward):
+        """Refuse loop settings that cannot work, and reward settings the iterative search cannot use."""
+        cli.check_fraction("--target_sparsity", self.target_sparsity)
+        cli.check_fraction("--min_budget_frac", self.min_budget_frac, low_inclusive=False)
+        cli.check_fraction("--max_budget_frac", self.max_budget_frac, low_inclusive=False)
+        if self.min_budget_frac > self.max_budget_frac or self.budget_space_size < 1:
+            raise BridgeError("need --min_budget_frac <= --max_budget_frac and --budget_space_size >= 1")
+        if reward.reward_proxy in ("saliency", "gradient") or reward.reward_metric == "loss":
+            raise BridgeError("the iterative search chooses the budget too, and only an accuracy set against the "
+                              "pruning curve keeps a larger budget from always winning: use --reward_metric acc with "
+                              "--reward_proxy steps or bn")
 
     @classmethod
     def add_args(cls, parser, *, budget_space_size, min_frac, max_frac, num_iters, target_sparsity,

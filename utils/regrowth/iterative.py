@@ -8,17 +8,16 @@ import time
 import torch
 
 from utils import cli
-from utils import distributed as dist
 from utils.checkpoints import jsonable, load_checkpoint, load_state_into
 from utils.compute import ComputeLedger
 from utils.errors import BridgeError
-from utils.plots import plot_accuracy_vs_sparsity
 from utils.progress import log
 from utils.pruning_curve import load_pruning_curve
 from utils.records import WandbLog, append_jsonl, read_jsonl, write_jsonl
 from utils.regrowth.env import RegrowthEnv
 from utils.regrowth.final_finetune import final_finetune, regrown_since, weight_masks
-from utils.regrowth.outputs import save_model, write_search_outputs, write_summary
+from utils.regrowth.outputs import (plot_trajectory, save_model, write_iterative_text, write_search_outputs,
+                                    write_summary)
 from utils.regrowth.search import ensure_best_states, run_search, search_flops
 from utils.regrowth.setup import (search_config, calibrated_reference, make_reinforce, prepare, reward_proxy,
                                   work_model_like)
@@ -35,38 +34,13 @@ def completed_iterations(run_dir):
     return done
 
 
-def run_iterative(hp, loop, kind_cls, *, record, baseline_dir, run_dir, script, shape):
-    """Several regrowth steps, each rewarded against the pruning curve in `baseline_dir`.
-
-    hp: RegrowthHparams; loop: IterativeHparams; record: the arguments as printed and stored;
-    shape: the controller's PolicyShape (its action space is loop.alloc_space_size)."""
-    cli.check_fraction("--target_sparsity", loop.target_sparsity)
-    cli.check_fraction("--min_budget_frac", loop.min_budget_frac, low_inclusive=False)
-    cli.check_fraction("--max_budget_frac", loop.max_budget_frac, low_inclusive=False)
-    if loop.min_budget_frac > loop.max_budget_frac or loop.budget_space_size < 1:
-        raise BridgeError("need --min_budget_frac <= --max_budget_frac and --budget_space_size >= 1")
-    search, m_name, seed = hp.search, hp.source.m_name, hp.runtime.seed
-    if hp.reward.reward_proxy in ("saliency", "gradient") or hp.reward.reward_metric == "loss":
-        raise BridgeError("the iterative search chooses the budget too, and only an accuracy set against the pruning "
-                          "curve keeps a larger budget from always winning: use --reward_metric acc with "
-                          "--reward_proxy steps or bn")
-    curve = load_pruning_curve(baseline_dir)
-    sparse_path = loop.initial_ckpt or curve.sources[-1]
-    cli.print_args(record, script)
-    cli.check_writable(run_dir)
-    log(curve.describe() + f" from {baseline_dir}")
-    t_run = time.perf_counter()
-    setup, current, _ = prepare(hp, sparse_path, record)
-    start_masks = weight_masks(current)  # what every iteration's regrowth is measured from
-    kind = kind_cls(setup)
-    iter_log = os.path.join(run_dir, "iterations.jsonl")
-    steps = hp.reward.steps(len(setup.data.train))
-    budget_options = torch.linspace(loop.min_budget_frac, loop.max_budget_frac, loop.budget_space_size).tolist()
-
+def continue_from(run_dir, resume_iter, resume, setup, current):
+    """The first iteration to run: --resume_iter, or with --resume the one after the last finished iteration
+    (loaded into `current`, with the FLOPs it recorded as the run's ledger); else 0."""
     start_iter, done = 0, completed_iterations(run_dir)
-    if loop.resume_iter is not None:
-        start_iter = loop.resume_iter
-    elif search.resume:
+    if resume_iter is not None:
+        start_iter = resume_iter
+    elif resume:
         while start_iter in done:
             start_iter += 1
     elif done:
@@ -80,6 +54,30 @@ def run_iterative(hp, loop, kind_cls, *, record, baseline_dir, run_dir, script, 
         load_state_into(current, {k: v.to(setup.device) for k, v in prev_ckpt["state_dict"].items()})
         setup.compute = ComputeLedger.starting_from(prev_ckpt, prev)  # its FLOPs include every earlier iteration's
         log(f"continuing after iteration {start_iter - 1}: {prev}")
+    return start_iter
+
+
+def run_iterative(hp, loop, kind_cls, *, record, baseline_dir, run_dir, script, shape):
+    """Several regrowth steps, each rewarded against the pruning curve in `baseline_dir`.
+
+    hp: RegrowthHparams; loop: IterativeHparams; record: the arguments as printed and stored;
+    shape: the controller's PolicyShape (its action space is loop.alloc_space_size)."""
+    loop.check(hp.reward)
+    search, m_name, seed = hp.search, hp.source.m_name, hp.runtime.seed
+    curve = load_pruning_curve(baseline_dir)
+    sparse_path = loop.initial_ckpt or curve.sources[-1]
+    cli.print_args(record, script)
+    cli.check_writable(run_dir)
+    log(curve.describe() + f" from {baseline_dir}")
+    t_run = time.perf_counter()
+    setup, current, _ = prepare(hp, sparse_path, record)
+    start_masks = weight_masks(current)  # what every iteration's regrowth is measured from
+    kind = kind_cls(setup)
+    iter_log = os.path.join(run_dir, "iterations.jsonl")
+    steps = hp.reward.steps(len(setup.data.train))
+    budget_options = torch.linspace(loop.min_budget_frac, loop.max_budget_frac, loop.budget_space_size).tolist()
+
+    start_iter = continue_from(run_dir, loop.resume_iter, search.resume, setup, current)
     rows = [r for r in read_jsonl(iter_log) if r["iteration"] < start_iter]
     if start_iter == 0:
         sp0 = kind.sparsity(current)
@@ -163,19 +161,8 @@ def run_iterative(hp, loop, kind_cls, *, record, baseline_dir, run_dir, script, 
                "run_seconds": time.perf_counter() - t_run, "final_description": kind.describe(current),
                "seed": seed, "args": jsonable(record)}
     write_summary(run_dir, summary)
-    with open(os.path.join(run_dir, "search_summary.txt") if dist.is_main() else os.devnull, "w") as fh:
-        fh.write(f"model: {m_name}\nstart: {sparse_path}\npruning curve: {baseline_dir} ({curve.metric})\n")
-        fh.write(f"{'iter':>4} {'sparsity':>9} {'val acc':>8} {'curve':>8} {'delta pp':>9} {'test acc':>9}\n")
-        for r in rows:
-            fh.write(f"{r['iteration']:>4} {r['sparsity']:>9.4f} {r['val_acc']:>8.2f} {r['baseline_val_acc']:>8.2f} "
-                     f"{r['val_acc'] - r['baseline_val_acc']:>+9.2f} {r['test_acc']:>9.2f}\n")
-        fh.write(f"final: sparsity {final_sp:.4f}, val {final_val:.2f}, test {final_test:.2f}\n")
-    png = plot_accuracy_vs_sparsity({"pruning curve (val)": curve.points},
-                                    os.path.join(run_dir, "trajectory.png"),
-                                    f"{m_name} iterative {kind.unit_label} regrowth",
-                                    points={"regrowth iterations (val)": [(r["sparsity"], r["val_acc"]) for r in rows]},
-                                    arrows=[((a["sparsity"], a["val_acc"]), (b["sparsity"], b["val_acc"]))
-                                            for a, b in zip(rows, rows[1:])])
+    write_iterative_text(run_dir, summary, curve.metric)
+    png = plot_trajectory(run_dir, curve, rows, f"{m_name} iterative {kind.unit_label} regrowth")
     wandb.finish()
     log(f"final: sparsity {final_sp:.4f} | val {final_val:.2f} | test {final_test:.2f}")
     log(f"wrote {run_dir}/iter_*/best_grown_model.pth, {os.path.join(run_dir, 'search_summary.txt')}, {png}")

@@ -10,14 +10,13 @@ import os
 import time
 
 from utils import cli
-from utils import distributed as dist
 from utils.checkpoints import jsonable
 from utils.errors import BridgeError
 from utils.progress import log
 from utils.records import WandbLog
 from utils.regrowth.env import RegrowthEnv
 from utils.regrowth.final_finetune import final_finetune, regrown_since, weight_masks
-from utils.regrowth.outputs import save_model, write_search_outputs, write_summary
+from utils.regrowth.outputs import save_model, write_oneshot_text, write_search_outputs, write_summary
 from utils.regrowth.search import run_search, search_flops
 from utils.regrowth.setup import (search_config, calibrated_reference, make_reinforce, prepare, reward_proxy,
                                   work_model_like)
@@ -134,21 +133,7 @@ def run_oneshot(hp, kind_cls, *, record, sparse_path, out_dir, requested, refere
         "final_description": kind.describe(final), "seed": seed, "args": jsonable(record),
     }
     write_summary(out_dir, summary)
-    with open(os.path.join(out_dir, "search_summary.txt") if dist.is_main() else os.devnull, "w") as fh:
-        fh.write(f"model: {m_name}\nstart checkpoint: {sparse_path}\n"
-                 f"sparsity: {start_sparsity:.4f} -> {final_sparsity:.4f} "
-                 f"(regrew {best.regrown:,} {kind.unit_label} of a budget of {budget:,})\n"
-                 f"sparse model val acc: {sparse_val:.2f}  test acc: {sparse_test:.2f}\n"
-                 f"best episode: {outcome.best_episode + 1} of {outcome.episodes} ({outcome.stop_reason})\n"
-                 f"reward proxy: {proxy.describe()} ({proxy.metric})\n"
-                 f"best episode's {measured}\n"
-                 f"best reward (proxy gain + budget bonus): {best.reward:+.4f}\n"
-                 f"final finetune: {ft_steps} steps ({hp.finetune.finetune_schedule} lr), scope "
-                 f"{hp.finetune.finetune_scope}\n"
-                 f"training FLOPs from the dense model: {setup.compute.total:.4g} (this run {setup.compute.spent:.4g})\n"
-                 f"final val acc: {val_acc:.2f}  test acc: {test_acc:.2f}\n"
-                 f"search time: {outcome.seconds:.0f} s ({outcome.seconds / 3600:.2f} h)\n"
-                 f"best allocation: {best.allocation}\n")
+    write_oneshot_text(out_dir, summary, measured, proxy.metric, hp.finetune.finetune_scope)
     curves, alloc_png = write_search_outputs(out_dir, outcome.rows, space, best.allocation,
                                              f"{m_name} one-shot {kind.unit_label} regrowth ({search.allocator})")
     wandb.finish()

@@ -5,9 +5,10 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from utils import distributed as dist
 from utils.checkpoints import save_checkpoint
 from utils.compute import flops_total
-from utils.plots import plot_allocation, plot_search_curves
+from utils.plots import plot_accuracy_vs_sparsity, plot_allocation, plot_search_curves
 from utils.records import write_json
 
 SUMMARY_FILE = "summary.json"
@@ -89,3 +90,51 @@ def write_search_outputs(out_dir, rows, space, best_alloc, title):
     alloc = plot_allocation(space.names, best_alloc, space.capacities, space.ssim,
                             os.path.join(out_dir, "allocation.png"), title)
     return curves, alloc
+
+
+def _text_file(path):
+    """A text output written by the main process only (the others write to /dev/null)."""
+    return open(path if dist.is_main() else os.devnull, "w")
+
+
+def write_oneshot_text(out_dir, s, measured, metric, finetune_scope):
+    """search_summary.txt of a one-shot run from its summary dict `s` (measured: what the best episode's proxy
+    measured, as text; metric: the proxy's metric)."""
+    flops = s["training_flops"]
+    with _text_file(os.path.join(out_dir, "search_summary.txt")) as fh:
+        fh.write(f"model: {s['model']}\nstart checkpoint: {s['start_ckpt']}\n"
+                 f"sparsity: {s['start_sparsity']:.4f} -> {s['final_sparsity']:.4f} "
+                 f"(regrew {s['regrown']:,} {s['kind']} of a budget of {s['budget']:,})\n"
+                 f"sparse model val acc: {s['sparse_val_acc']:.2f}  test acc: {s['sparse_test_acc']:.2f}\n"
+                 f"best episode: {s['best_episode']} of {s['episodes']} ({s['stop_reason']})\n"
+                 f"reward proxy: {s['reward_proxy']} ({metric})\n"
+                 f"best episode's {measured}\n"
+                 f"best reward (proxy gain + budget bonus): {s['best_reward']:+.4f}\n"
+                 f"final finetune: {s['final_finetune_steps']} steps ({s['final_finetune_schedule']} lr), scope "
+                 f"{finetune_scope}\n"
+                 f"training FLOPs from the dense model: {flops['total']:.4g} (this run {flops['spent']:.4g})\n"
+                 f"final val acc: {s['final_val_acc']:.2f}  test acc: {s['final_test_acc']:.2f}\n"
+                 f"search time: {s['search_seconds']:.0f} s ({s['search_seconds'] / 3600:.2f} h)\n"
+                 f"best allocation: {s['best_allocation']}\n")
+
+
+def write_iterative_text(run_dir, s, curve_metric):
+    """search_summary.txt of an iterative run from its summary dict `s`: one line per iteration."""
+    with _text_file(os.path.join(run_dir, "search_summary.txt")) as fh:
+        fh.write(f"model: {s['model']}\nstart: {s['start_ckpt']}\n"
+                 f"pruning curve: {s['baseline_dir']} ({curve_metric})\n")
+        fh.write(f"{'iter':>4} {'sparsity':>9} {'val acc':>8} {'curve':>8} {'delta pp':>9} {'test acc':>9}\n")
+        for r in s["iterations"]:
+            fh.write(f"{r['iteration']:>4} {r['sparsity']:>9.4f} {r['val_acc']:>8.2f} {r['baseline_val_acc']:>8.2f} "
+                     f"{r['val_acc'] - r['baseline_val_acc']:>+9.2f} {r['test_acc']:>9.2f}\n")
+        fh.write(f"final: sparsity {s['final_sparsity']:.4f}, val {s['final_val_acc']:.2f}, "
+                 f"test {s['final_test_acc']:.2f}\n")
+
+
+def plot_trajectory(run_dir, curve, rows, title):
+    """trajectory.png: the iterations' (sparsity, val acc) over the pruning curve, an arrow per step."""
+    return plot_accuracy_vs_sparsity({"pruning curve (val)": curve.points}, os.path.join(run_dir, "trajectory.png"),
+                                     title, points={"regrowth iterations (val)": [(r["sparsity"], r["val_acc"])
+                                                                                  for r in rows]},
+                                     arrows=[((a["sparsity"], a["val_acc"]), (b["sparsity"], b["val_acc"]))
+                                             for a, b in zip(rows, rows[1:])])
