@@ -19,15 +19,12 @@ from utils import cli, paths
 from utils.regrowth.kinds import StructuredKind
 from utils.regrowth.hparams import IterativeHparams, PolicyShape, RegrowthHparams
 from utils.regrowth.iterative import run_iterative
-from utils.regrowth.filters import STRUCTURED_INITS
 
 
 def get_args_parser():
     p = argparse.ArgumentParser("regrowth_structure_iterative.py", description="Iterative structured (filter) regrowth")
     RegrowthHparams.add_args(p, m_name="resnet20", num_epochs=300, patience=40, ssim_num_batches=64,
-                             save_dir=paths.STRUCTURED_SAVE_DIR, init_default="reference",
-                             init_choices=STRUCTURED_INITS + ("magnitude",), mini_epochs=40, budget_bonus=0.0,
-                             structured=True)
+                             save_dir=paths.STRUCTURED_SAVE_DIR, mini_epochs=40, structured=True)
     IterativeHparams.add_args(p, budget_space_size=6, min_frac=0.005, max_frac=0.01, num_iters=5, target_sparsity=0.0)
     p.set_defaults(method="structured_iterative")
     return p

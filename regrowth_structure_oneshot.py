@@ -25,15 +25,12 @@ from utils.pruning_curve import load_pruning_curve
 from utils.regrowth.kinds import StructuredKind
 from utils.regrowth.hparams import PolicyShape, RegrowthHparams
 from utils.regrowth.oneshot import run_oneshot
-from utils.regrowth.filters import STRUCTURED_INITS
 
 
 def get_args_parser():
     p = argparse.ArgumentParser("regrowth_structure_oneshot.py", description="One-shot structured (filter) regrowth")
     RegrowthHparams.add_args(p, m_name="effnet", num_epochs=300, patience=40, ssim_num_batches=64,
-                             save_dir=paths.STRUCTURED_SAVE_DIR, init_default="reference",
-                             init_choices=STRUCTURED_INITS + ("magnitude",), mini_epochs=50, budget_bonus=0.0,
-                             structured=True)
+                             save_dir=paths.STRUCTURED_SAVE_DIR, mini_epochs=50, structured=True)
     p.add_argument("--method", default="structured_oneshot", help="output folder name under {save_dir}/{m_name}/")
     p.add_argument("--initial_ckpt", "--pruned_ckpt", dest="initial_ckpt", required=True,
                    help="filter-pruned start model (a prune_structure.py checkpoint)")

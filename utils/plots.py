@@ -1,10 +1,23 @@
 """Figures written next to each stage's outputs (PNG, matplotlib's Agg backend, no display needed)."""
 import os
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+
+class _Pyplot:
+    """matplotlib.pyplot on the Agg backend, imported at the first figure drawn: most stage processes (a study
+    or the tests start hundreds) draw none, and the import costs 0.34 s of a 2.7 s script start (measured with
+    python -X importtime)."""
+
+    def __getattr__(self, name):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot
+
+        return getattr(matplotlib.pyplot, name)
+
+
+plt = _Pyplot()
 
 
 def _save(fig, path):

@@ -10,7 +10,7 @@ from utils.cache import default_cache_dir
 from utils.controller import ReinforceConfig
 from utils.errors import BridgeError, UnknownChoiceError
 from utils.hparams import DataHparams, Hparams, ModelSource, RuntimeHparams, flag, record
-from utils.regrowth.filters import SCORES, check_structured_init
+from utils.regrowth.filters import SCORES, STRUCTURED_INITS, check_structured_init
 from utils.regrowth.proxies import LR_SCHEDULES, REWARD_METRICS, REWARD_PROXIES
 from utils.regrowth.weights import INIT_ALIASES, INIT_STRATEGIES, canonical_init
 
@@ -173,10 +173,15 @@ class RegrowthHparams:
     GROUPS = ("source", "data", "runtime", "search", "controller", "reward", "finetune")
 
     @staticmethod
-    def add_args(p, *, m_name="effnet", num_epochs=400, patience=50, ssim_num_batches=64, save_dir,
-                 init_default="zero", init_choices=INIT_STRATEGIES + tuple(INIT_ALIASES), mini_epochs=50,
-                 budget_bonus=0.005, structured=False):
-        """Every regrowth script's flags, with its published defaults; --save_dir and --tag name the output."""
+    def add_args(p, *, m_name="effnet", num_epochs=400, patience=50, ssim_num_batches=64, save_dir, mini_epochs=50,
+                 structured=False):
+        """Every regrowth script's flags, with its published defaults; --save_dir and --tag name the output.
+        Filter regrowth (structured) restores dense filter values by default, takes no budget bonus, has no
+        weight init other than the dense values and adds --regrowth_score."""
+        if structured:
+            init_default, init_choices, budget_bonus = "reference", STRUCTURED_INITS + ("magnitude",), 0.0
+        else:
+            init_default, init_choices, budget_bonus = "zero", INIT_STRATEGIES + tuple(INIT_ALIASES), 0.005
         ModelSource.add_args(p, defaults={"m_name": m_name})
         p.add_argument("--save_dir", default=save_dir, help="where the regrowth outputs go")
         p.add_argument("--tag", default="", help="suffix for the output folder (e.g. a seed or an experiment name)")
