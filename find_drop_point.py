@@ -44,7 +44,9 @@ def get_args_parser():
                    help="dense accuracy (default: recorded in the dense checkpoint the levels were pruned from)")
     g = p.add_argument_group("device budget")
     g.add_argument("--max_nonzero_params", type=int, default=None, help="non-zero prunable weights")
-    g.add_argument("--max_bytes", type=int, default=None, help="bytes of sparse storage (see --storage)")
+    g.add_argument("--max_bytes", type=int, default=None,
+                   help="bytes of the tensors in the sparse weight file export.py --format sparse writes with this "
+                        "--storage and --value_bytes (the file adds its safetensors header, which export.py prints)")
     g.add_argument("--storage", default="bitmask", choices=STORAGE,
                    help="bitmask: values + 1 bit per prunable weight; csr: values + 4-byte index per non-zero")
     g.add_argument("--value_bytes", type=int, default=4, help="bytes per stored weight (4 fp32, 2 bf16)")

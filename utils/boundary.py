@@ -10,9 +10,10 @@ Knee (drop point) of a pruning curve, three ways:
 * tolerance: the largest sparsity whose accuracy stays within `tolerance` points of the dense
   accuracy; with several seeds per level, a bootstrap over seeds gives a percentile interval.
 
-Device budgets (utils.boundary.fits): non-zero weights, storage bytes (`bitmask`: values + one bit
-per prunable weight; `csr`: values + a 4-byte column index per non-zero + 4-byte row pointers; biases
-and BatchNorm stored dense), MACs (non-zero for weight pruning, compact for filter pruning) and latency
+Device budgets (utils.boundary.fits): non-zero weights, storage bytes (the tensors of the sparse weight
+file `export.py --format sparse` writes, utils.sparse_file: `bitmask`: values + one bit per prunable weight;
+`csr`: values + a 4-byte column index per value + 4-byte row pointers; biases and BatchNorm values and
+statistics dense), MACs (non-zero for weight pruning, compact for filter pruning) and latency
 measured on this machine for compact structured models.
 """
 import math
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from utils.masks import prunable_modules
+from utils.masks import has_mask, prunable_modules
 
 
 def _fit(x, y):
@@ -113,21 +114,25 @@ STORAGE = ("bitmask", "csr")
 
 
 def storage_bytes(model, scheme="bitmask", value_bytes=4):
-    """Bytes to store a masked model sparsely (see module docstring); other parameters stored dense."""
+    """Bytes of the tensors in the model's sparse weight file (utils.sparse_file; the file adds its header):
+    per masked Conv/Linear weight its alive entries and where they are (bitmask: a bit per entry; csr: a 4-byte
+    column per value and 4-byte row pointers); every other parameter and floating buffer (biases, BatchNorm
+    affine values and running statistics) dense; the masks of other masked parameters a bit per entry."""
     total = 0
-    prunable = set()
-    for _, m in prunable_modules(model):
-        w = m.weight_orig * m.weight_mask if hasattr(m, "weight_mask") else m.weight
-        prunable.add(id(m.weight_orig if hasattr(m, "weight_orig") else m.weight))
-        nnz = int((w != 0).sum())
+    weights = set()
+    for name, m in prunable_modules(model):
+        w = m.weight_orig if has_mask(m) else m.weight
+        weights.add(f"{name}.weight")
+        alive = int(m.weight_mask.sum()) if has_mask(m) else w.numel()
         if scheme == "bitmask":
-            total += nnz * value_bytes + math.ceil(w.numel() / 8)
+            total += alive * value_bytes + math.ceil(w.numel() / 8)
         else:
-            rows = w.shape[0]
-            total += nnz * (value_bytes + 4) + (rows + 1) * 4
-    for p in model.parameters():
-        if id(p) not in prunable:
-            total += p.numel() * value_bytes
+            total += alive * (value_bytes + 4) + (w.shape[0] + 1) * 4
+    for key, value in model.state_dict().items():
+        base = key[: -len("_orig")] if key.endswith("_orig") else key
+        if base in weights or key.endswith("_mask") or not value.is_floating_point():
+            continue  # the weights above; masks (counted with their parameter); BatchNorm's batch counter
+        total += value.numel() * value_bytes + (math.ceil(value.numel() / 8) if key.endswith("_orig") else 0)
     return total
 
 
