@@ -20,15 +20,15 @@ import os
 
 import torch
 
-from models import model_loader, model_spec
+from models import model_spec
 from utils import cli
 from utils.boundary import storage_bytes
 from utils.errors import BridgeError, UnknownChoiceError
-from utils.export import check_onnx, export_onnx, load_for_export, onnxruntime
+from utils.export import check_onnx, export_onnx, load_for_export, load_sparse_model, onnxruntime
 from utils.granularity import granularity_of_model
 from utils.masks import unmasked_state_dict
 from utils.progress import log
-from utils.sparse_file import STORAGE, VALUE_DTYPES, read_sparse, write_sparse
+from utils.sparse_file import STORAGE, VALUE_DTYPES, write_sparse
 
 FORMATS = ("onnx", "sparse")
 
@@ -76,7 +76,7 @@ def main(args):
     path = os.path.join(out, f"{name}_{args.storage}_{args.value_dtype}.safetensors")
     payload, header = write_sparse(path, masked, m_name, granularity.name, args.storage, args.value_dtype)
     counted = storage_bytes(masked, args.storage, VALUE_DTYPES[args.value_dtype].itemsize)
-    back = read_sparse(path, granularity.add_masks(model_loader(m_name))).eval()
+    back = load_sparse_model(path)
     same, diff = compare(masked, back, size, args.check_batch, exact=args.value_dtype == "float32")
     log(f"wrote {path}: {os.path.getsize(path):,} bytes = {payload:,} bytes of tensors (the boundary count for "
         f"--storage {args.storage} at {VALUE_DTYPES[args.value_dtype].itemsize} bytes a value: {counted:,}) + "

@@ -12,6 +12,7 @@ from tests.conftest import run_script
 from utils.boundary import storage_bytes
 from utils.checkpoints import save_checkpoint
 from utils.compact import export_compact, save_compact
+from utils.export import load_sparse_model
 from utils.granularity import FILTERS, WEIGHTS
 from utils.masks import unmasked_state_dict
 from utils.pruners import weight_pruner_loader
@@ -50,6 +51,7 @@ def test_sparse_file_reads_back_and_has_the_counted_size(tmp_path, granularity, 
     assert os.path.getsize(path) == payload + header == payload + header_bytes(path)
     assert read_header(path)["granularity"] == granularity.name
     back = read_sparse(path, granularity.add_masks(model_loader("resnet20"))).eval()
+    assert torch.equal(load_sparse_model(path).state_dict()["conv1.weight_mask"], back.state_dict()["conv1.weight_mask"])
     a, b = model.state_dict(), back.state_dict()
     assert set(a) == set(b)
     for k in a:

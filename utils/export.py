@@ -10,11 +10,12 @@ import warnings
 
 import torch
 
-from models import model_spec
+from models import model_loader, model_spec
 from utils.checkpoints import COMPACT_FORMAT, model_from_checkpoint, peek_checkpoint
 from utils.compact import export_compact, load_compact
 from utils.errors import BridgeError
-from utils.granularity import FILTERS, granularity_of_model
+from utils.granularity import FILTERS, WEIGHTS, granularity_of_model
+from utils.sparse_file import read_header, read_sparse
 from utils.structured import plain_copy
 
 ONNX_OPSET = 17
@@ -76,3 +77,11 @@ def check_onnx(path, model, input_size, batch=8, seed=0):
     x = torch.randn(batch, 3, input_size, input_size, generator=torch.Generator().manual_seed(seed))
     got = onnx_session(path).run(None, {"input": x.numpy()})[0]
     return float((torch.from_numpy(got) - model(x)).abs().max())
+
+
+def load_sparse_model(path):
+    """The masked model a sparse weight file holds (eval mode, CPU): its recorded model, masks of its
+    recorded granularity, the stored values."""
+    meta = read_header(path)
+    granularity = FILTERS if meta.get("granularity") == FILTERS.name else WEIGHTS
+    return read_sparse(path, granularity.add_masks(model_loader(meta["model"]))).eval()
