@@ -134,3 +134,25 @@ def test_missing_onnxruntime_is_one_line(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.run(export.main, export.get_args_parser(), ["--model_path", paths["weights"], "--out", str(tmp_path)])
     assert exit_.value.code == 2 and "pip install onnxruntime" in capsys.readouterr().err
+
+
+def test_latency_is_measured_with_the_benchmark_timer_for_both_backends(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from utils.compact import torch_latency
+    from utils.export import export_onnx, onnx_latency
+
+    model = export_compact(_masked(FILTERS), 32)
+    t = torch_latency(model, 32, 2, threads=1, min_run_time=0.05)
+    o = onnx_latency(export_onnx(model, 32, str(tmp_path / "c.onnx")), 32, 2, threads=1, min_run_time=0.05)
+    for lat in (t, o):
+        assert lat.median_ms > 0 and lat.iqr_ms >= 0 and lat.threads == 1 and lat.blocks >= 1
+        assert "ms (IQR" in str(lat)
+
+
+@pytest.mark.slow
+def test_structured_latency_bench_prints_every_backend():
+    pytest.importorskip("onnxruntime")
+    proc = run_script("bench/structured_latency.py", ["--models", "resnet20", "--sparsities", "0.5", "--batches", "1",
+                                                      "--min_run_time", "0.05", "--threads", "1"])
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("resnet20")]
+    assert len(rows) == 2 and rows[1][-2].endswith("x") and rows[1][-1].endswith("x")  # compact and ort speed-ups

@@ -6,7 +6,7 @@ removes the matching BatchNorm channels and the consumers' input columns, across
 depthwise convs and concatenations). In eval mode the compact model computes what the masked one
 computes; `check_equivalence` measures the difference.
 """
-import time
+from dataclasses import dataclass
 
 import torch
 import torch_pruning as tp
@@ -74,19 +74,37 @@ def check_equivalence(masked_model, compact_model, input_size, batch=8, seed=0):
     return float((a - b).abs().max())
 
 
-@torch.no_grad()
-def latency_ms(model, input_size, batch, repeats=10, warmup=3, threads=None):
-    """Median wall time (ms) of one eval forward pass at a batch size on the CPU (fp32)."""
-    if threads:
-        torch.set_num_threads(threads)
+@dataclass(frozen=True)
+class Latency:
+    """A measured forward latency: the median and interquartile range of torch.utils.benchmark's blocks."""
+
+    median_ms: float
+    iqr_ms: float
+    threads: int
+    blocks: int
+
+    def __str__(self):
+        return f"{self.median_ms:.3f} ms (IQR {self.iqr_ms:.3f}, {self.threads} threads)"
+
+
+def time_callable(fn, threads=None, min_run_time=0.3):
+    """Latency of calling `fn()` (torch.utils.benchmark.Timer.blocked_autorange: warm-up, then blocks of runs
+    for at least `min_run_time` seconds)."""
+    from torch.utils import benchmark  # imported on use: only latency measurements need it
+
+    threads = threads or torch.get_num_threads()
+    m = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads).blocked_autorange(
+        min_run_time=min_run_time)
+    return Latency(1000 * m.median, 1000 * m.iqr, threads, len(m.times))
+
+
+def torch_latency(model, input_size, batch, threads=None, min_run_time=0.3):
+    """Latency of one eval forward pass of `model` at a batch size on the CPU in fp32 (PyTorch eager)."""
     model = model.eval().cpu()
     x = torch.randn(batch, 3, input_size, input_size)
-    for _ in range(warmup):
-        model(x)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return 1000 * times[len(times) // 2]
+
+    def forward():
+        with torch.no_grad():
+            return model(x)
+
+    return time_callable(forward, threads, min_run_time)

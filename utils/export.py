@@ -12,7 +12,7 @@ import torch
 
 from models import model_loader, model_spec
 from utils.checkpoints import COMPACT_FORMAT, model_from_checkpoint, peek_checkpoint
-from utils.compact import export_compact, load_compact
+from utils.compact import export_compact, load_compact, time_callable
 from utils.errors import BridgeError
 from utils.granularity import FILTERS, WEIGHTS, granularity_of_model
 from utils.sparse_file import read_header, read_sparse
@@ -85,3 +85,12 @@ def load_sparse_model(path):
     meta = read_header(path)
     granularity = FILTERS if meta.get("granularity") == FILTERS.name else WEIGHTS
     return read_sparse(path, granularity.add_masks(model_loader(meta["model"]))).eval()
+
+
+def onnx_latency(path, input_size, batch, threads=None, min_run_time=0.3):
+    """Latency of one forward pass of an exported model under onnxruntime (CPU, fp32), measured as
+    torch_latency measures PyTorch's (utils.compact.time_callable)."""
+    threads = threads or torch.get_num_threads()
+    session = onnx_session(path, threads)
+    feed = {"input": torch.randn(batch, 3, input_size, input_size).numpy()}
+    return time_callable(lambda: session.run(None, feed), threads, min_run_time)

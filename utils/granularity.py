@@ -6,7 +6,7 @@ on a device (boundary estimation) and which regrowth script continues from a lev
 stage (utils.pruning_run.PruningPlan), the regrowth kinds (utils.regrowth.kinds), the boundary
 script and the evaluation script take it instead of branching on "structured".
 """
-from utils.compact import export_compact, latency_ms
+from utils.compact import export_compact, torch_latency
 from utils.costs import layer_costs, model_cost
 from utils.masks import add_masks, count_pruned_params, model_sparsity
 from utils.structured import add_structured_masks, channel_sparsity, filter_counts, is_structured_model
@@ -94,7 +94,7 @@ class FilterGranularity:
         pruned, total = filter_counts(model)
         row = {"macs": model_cost(compact, input_size)["macs"], "alive_filters": total - pruned}
         if latency_batch is not None:
-            row["latency_ms"] = latency_ms(compact, input_size, latency_batch)
+            row["latency_ms"] = torch_latency(compact, input_size, latency_batch).median_ms
         return row
 
     def regrowth_command(self, m_name, start, fraction):
