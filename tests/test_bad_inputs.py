@@ -13,6 +13,7 @@ import regrowth_structure_oneshot
 import find_drop_point
 import regrowth_structure_iterative
 import convert_checkpoint
+import export
 import report
 import saliency_analysis
 import single_layer_regrowth_analysis
@@ -27,7 +28,7 @@ SCRIPTS = {"pretrain": pretrain, "prune_u": prune_unstructure, "prune_s": prune_
            "oneshot": regrowth_oneshot, "iterative": regrowth_iterative, "s_oneshot": regrowth_structure_oneshot,
            "eval": evaluate_script, "single": single_layer_regrowth_analysis, "report": report,
            "saliency": saliency_analysis, "boundary": find_drop_point, "s_iterative": regrowth_structure_iterative,
-           "convert": convert_checkpoint}
+           "convert": convert_checkpoint, "export": export}
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +132,15 @@ CASES = [
      "is not a checkpoint this project understands"),
     ("convert", lambda w: ["--model_path", P(w, "resnet20", "oneshot", "resnet20_0.9.pth"), "--out_dir",
                            P(w, *UNWRITABLE)], "cannot write to"),
+    ("export", lambda w: ["--model_path", P(w, "nope.pth")], "not found"),
+    ("export", lambda w: ["--model_path", P(w, "truncated.pth")], "truncated or not a torch checkpoint"),
+    ("export", lambda w: ["--model_path", P(w, "foreign.pth")], "is not a checkpoint this project understands"),
+    ("export", lambda w: ["--model_path", P(w, "resnet20", "oneshot", "resnet20_0.9.pth"), "--format", "tflite"],
+     "unknown export format 'tflite'"),
+    ("export", lambda w: ["--model_path", P(w, "resnet20", "oneshot", "resnet20_0.9.pth"), "--format", "sparse",
+                          "--storage", "coo"], "unknown storage 'coo'"),
+    ("export", lambda w: ["--model_path", P(w, "resnet20", "oneshot", "resnet20_0.9.pth"), "--out",
+                          P(w, *UNWRITABLE)], "cannot write to"),
     ("eval", lambda w: ["--model_path", P(w, "nope.pth")] + DIGITS, "--model_path not found"),
     ("eval", lambda w: ["--model_path", P(w, "empty_dir")] + DIGITS, "no .pth checkpoint under"),
     ("eval", lambda w: ["--model_path", P(w, "truncated.pth")] + DIGITS, "truncated or not a torch checkpoint"),

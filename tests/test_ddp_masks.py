@@ -1,5 +1,6 @@
 """wrap_ddp on two gloo CPU processes: pruning masks stay out of DDP's per-step buffer broadcast,
 BatchNorm statistics stay in it, and masks that differ between processes are an error."""
+import gc
 import json
 import os
 
@@ -24,7 +25,10 @@ def _wrap(rank, mismatch):
     try:
         ddp = dist.wrap_ddp(model)
         ddp(torch.randn(4, 3, 8, 8)).sum().backward()  # a step still runs with the masks left out
-        return {"broadcast": sorted(ddp.named_module_buffers)}
+        result = {"broadcast": sorted(ddp.named_module_buffers)}
+        del ddp  # DDP's reducer must go before its process group: freed later by the collector, it aborts
+        gc.collect()
+        return result
     except BridgeError as err:
         return {"error": str(err)}
 
