@@ -23,7 +23,7 @@ import numpy as np
 
 from models import model_loader, model_spec
 from utils import cli, paths
-from utils.boundary import STORAGE, DeviceLimits, find_knees, regrowth_room, storage_bytes
+from utils.boundary import DeviceLimits, find_knees, regrowth_room, storage_bytes
 from utils.checkpoints import checkpoint_metrics, load_checkpoint, model_from_checkpoint
 from utils.errors import BridgeError
 from utils.granularity import FILTERS, WEIGHTS, granularity_of_model, granularity_of_stage
@@ -32,6 +32,7 @@ from utils.masks import count_pruned_params
 from utils.plots import plot_knees
 from utils.progress import log
 from utils.records import write_csv, write_json
+from utils.sparse_file import STORAGE
 
 
 def get_args_parser():

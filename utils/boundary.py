@@ -110,7 +110,6 @@ def find_knees(x, y, dense_acc=None, tolerance=1.0, seeds=None):
 # device budgets
 # ------------------------------------------------------------------------------------------------
 
-STORAGE = ("bitmask", "csr")
 
 
 def storage_bytes(model, scheme="bitmask", value_bytes=4):

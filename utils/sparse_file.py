@@ -82,11 +82,6 @@ def sparse_tensors(model, storage="bitmask", value_dtype="float32"):
     return tensors, meta
 
 
-def stored_bytes(model, storage="bitmask", value_dtype="float32"):
-    """Bytes of the tensors the sparse file holds (its size less the header)."""
-    return sum(t.numel() * t.element_size() for t in sparse_tensors(model, storage, value_dtype)[0].values())
-
-
 def write_sparse(path, model, m_name, granularity, storage="bitmask", value_dtype="float32"):
     """Write the sparse file of a masked model (granularity: utils.granularity's name, "weights" or "filters",
     so that the reader rebuilds the same masks); returns (tensor bytes, header bytes)."""
