@@ -20,7 +20,6 @@ import os
 
 import torch
 
-from models import model_spec
 from utils import cli
 from utils.boundary import storage_bytes
 from utils.errors import BridgeError, UnknownChoiceError
@@ -57,10 +56,10 @@ def main(args):
     if args.format == "onnx":
         onnxruntime()  # before any work: one line if it is missing
     out = cli.check_writable(args.out or os.path.dirname(os.path.abspath(args.model_path)))
-    masked, plain, m_name, what = load_for_export(args.model_path, args.trust_pickle)
-    size = model_spec(m_name).input_size
+    source = load_for_export(args.model_path, args.trust_pickle)
+    masked, plain, m_name, size = source.masked, source.plain, source.m_name, source.input_size
     name = os.path.splitext(os.path.basename(args.model_path))[0]
-    log(f"{args.model_path}: {m_name}, {what}")
+    log(f"{args.model_path}: {m_name}, {source.description}")
     if args.format == "onnx":
         path = export_onnx(plain, size, os.path.join(out, f"{name}.onnx"))
         diff = check_onnx(path, plain, size, args.check_batch)
@@ -74,7 +73,8 @@ def main(args):
                           "export its masked checkpoint, or use --format onnx")
     granularity = granularity_of_model(masked)
     path = os.path.join(out, f"{name}_{args.storage}_{args.value_dtype}.safetensors")
-    payload, header = write_sparse(path, masked, m_name, granularity.name, args.storage, args.value_dtype)
+    payload, header = write_sparse(path, masked, m_name, granularity.name, args.storage, args.value_dtype,
+                                   source.dataset)
     counted = storage_bytes(masked, args.storage, VALUE_DTYPES[args.value_dtype].itemsize)
     back = load_sparse_model(path)
     same, diff = compare(masked, back, size, args.check_batch, exact=args.value_dtype == "float32")

@@ -24,8 +24,9 @@ import numpy as np
 from models import model_loader, model_spec
 from utils import cli, paths
 from utils.boundary import DeviceLimits, find_knees, regrowth_room, storage_bytes
-from utils.checkpoints import checkpoint_metrics, load_checkpoint, model_from_checkpoint
+from utils.checkpoints import checkpoint_metrics, load_checkpoint, model_from_checkpoint, peek_checkpoint
 from utils.errors import BridgeError
+from utils.export import LATENCY_BACKENDS, latency_meter
 from utils.granularity import FILTERS, WEIGHTS, granularity_of_model, granularity_of_stage
 from utils.hparams import DataHparams, RuntimeHparams
 from utils.masks import count_pruned_params
@@ -52,8 +53,11 @@ def get_args_parser():
                    help="bitmask: values + 1 bit per prunable weight; csr: values + 4-byte index per non-zero")
     g.add_argument("--value_bytes", type=int, default=4, help="bytes per stored weight (4 fp32, 2 bf16)")
     g.add_argument("--max_flops", type=float, default=None, help="MACs per image (non-zero, or compact if structured)")
-    g.add_argument("--max_latency_ms", type=float, default=None, help="compact-model latency (structured only)")
+    g.add_argument("--max_latency_ms", type=float, default=None,
+                   help="median latency of the compact model's forward pass on this CPU (structured only)")
     g.add_argument("--latency_batch", type=int, default=1)
+    g.add_argument("--latency_backend", default="torch", choices=LATENCY_BACKENDS,
+                   help="what runs the compact model: PyTorch eager, or onnxruntime on its ONNX export")
     p.add_argument("--trust_pickle", action="store_true")
     DataHparams.add_args(p)
     RuntimeHparams.add_args(p, fixed={"compile": False})
@@ -170,19 +174,19 @@ def main(args):
 
 def device_limits(args):
     return DeviceLimits(args.max_nonzero_params, args.max_bytes, args.max_flops, args.max_latency_ms, args.storage,
-                        args.value_bytes, args.latency_batch)
+                        args.value_bytes, args.latency_batch, args.latency_backend)
 
 
-def measure_level(r, m_name, limits, granularity, trust_pickle=False):
+def measure_level(r, m_name, limits, granularity, latency=None, trust_pickle=False):
     """Fill a level's row with what the device limits count: non-zero weights, bytes, MACs, latency
-    (the MACs and latency as the level's granularity runs: see Granularity.device_costs)."""
-    model, _ = model_from_checkpoint(r["path"], m_name, trust_pickle=trust_pickle)
+    (the MACs and latency as the level's granularity runs: see Granularity.device_costs; `latency`:
+    utils.export.latency_meter)."""
+    model, ckpt = model_from_checkpoint(r["path"], m_name, trust_pickle=trust_pickle)
     total, nnz, _ = count_pruned_params(model)
     r["nonzero_params"], r["prunable_params"] = nnz, total
     r["bytes"] = storage_bytes(model, limits.storage, limits.value_bytes)
     level = granularity if granularity is FILTERS else granularity_of_model(model)
-    r.update(level.device_costs(model, model_spec(m_name).input_size,
-                                limits.latency_batch if limits.max_latency_ms is not None else None))
+    r.update(level.device_costs(model, model_spec(m_name, ckpt.get("dataset")).input_size, latency))
     r["fits"] = limits.fits(r)
 
 
@@ -193,8 +197,9 @@ def device_budget(limits, m_name, table, knee_sparsity, past, granularity, trust
     if limits.max_latency_ms is not None and granularity is WEIGHTS:
         raise BridgeError("--max_latency_ms applies to filter-pruned (compact) models; "
                           "a weight-sparse model runs dense kernels on this machine")
+    latency = None if limits.max_latency_ms is None else latency_meter(limits.latency_backend, limits.latency_batch)
     for r in table:
-        measure_level(r, m_name, limits, granularity, trust_pickle)
+        measure_level(r, m_name, limits, granularity, latency, trust_pickle)
     fitting = [r for r in table if r["fits"]]
     least_sparse = min(fitting, key=lambda r: r["sparsity"]) if fitting else None
     just_past = past[0] if past else None
@@ -202,14 +207,16 @@ def device_budget(limits, m_name, table, knee_sparsity, past, granularity, trust
     log("\ndevice budget: " + limits.describe())
     for r in table:
         log(f"  sparsity {r['sparsity']:.4f}: {r['nonzero_params']:>10,} non-zero, {r['bytes']:>10,} bytes, "
-            f"{r['macs'] / 1e6:>8.2f} M MACs" + (f", {r['latency_ms']:.2f} ms" if "latency_ms" in r else "")
+            f"{r['macs'] / 1e6:>8.2f} M MACs" + (f", {r['latency_ms']:.2f} ms (IQR {r['latency_iqr_ms']:.2f})" if "latency_ms" in r else "")
             + ("  fits" if r["fits"] else ""))
     log(f"least sparse checkpoint that fits: {least_sparse['path'] if least_sparse else 'none'}")
     log(f"checkpoint just past the knee: {just_past['path'] if just_past else 'none'}")
     if start is None:
         log("no checkpoint past the knee fits the device; prune further first")
         return {"least_sparse_fit": least_sparse, "just_past_knee": just_past, "start": None}
-    dense_filters = FILTERS.total(model_loader(m_name)) if granularity is FILTERS else None
+    dense_filters = None
+    if granularity is FILTERS:  # all filters of the architecture (masked ones included), on the start's data set
+        dense_filters = FILTERS.total(model_loader(m_name, dataset=peek_checkpoint(start["path"]).get("dataset")))
     budget, frac = regrowth_room(start, table, knee_sparsity, limits, dense_filters)
     command, unit = granularity.regrowth_command(m_name, start, frac), granularity.unit_label
     log(f"start regrowth from {start['path']} (sparsity {start['sparsity']:.4f}); regrowth budget inside the device "

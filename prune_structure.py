@@ -66,11 +66,11 @@ def main(args):
     if mode == "iterative" and not 1 <= args.iter_start <= args.iter_end:
         raise BridgeError(f"need 1 <= --iter_start <= --iter_end, got {args.iter_start} and {args.iter_end}")
     cli.print_args(args, "prune_structure.py")
-    size = model_spec(args.m_name).input_size
-    groups = channel_groups(model_loader(args.m_name), size)
+    size = model_spec(args.m_name, args.dataset).input_size
+    groups = channel_groups(model_loader(args.m_name, dataset=args.dataset), size)
     log(f"{len(groups)} channel groups; coupled groups (more than one conv per channel): "
         + (", ".join(f"{g.root} x{g.cost}" for g in groups if g.cost > 1) or "none"))
-    dense_cost = model_cost(model_loader(args.m_name), size)
+    dense_cost = model_cost(model_loader(args.m_name, dataset=args.dataset), size)
 
     n_batches = (PUBLISHED_GRADIENT_BATCHES.get(args.pruner, 0) if args.importance_batches is None
                  else args.importance_batches)
@@ -93,7 +93,7 @@ def main(args):
 
     def save_compact_level(model, path):
         out = path[: -len(".pth")] + "_compact.pth"
-        save_compact(out, compacts.pop("last"), args.m_name, model, size)
+        save_compact(out, compacts.pop("last"), args.m_name, model, size, args.dataset)
         log(f"compact model: {out}")
 
     plan = PruningPlan(

@@ -11,7 +11,7 @@ log-saliency distribution and class x layer heat-map PNGs.
 import argparse
 import os
 
-from models import MODEL_NAMES, canonical_model_name
+from models import MODEL_HELP, canonical_model_name
 from utils import cli, paths
 from utils.checkpoints import model_from_checkpoint
 from utils.class_saliency import ORDERS, class_statistics, per_class_saliency, plot_saliency
@@ -24,7 +24,7 @@ from utils.runtime import resolve_device, set_seed
 
 def get_args_parser():
     p = argparse.ArgumentParser("saliency_analysis.py", description="Per-class saliency analysis")
-    p.add_argument("--m_name", default="resnet20", help=f"model: {', '.join(MODEL_NAMES)}")
+    p.add_argument("--m_name", default="resnet20", help=MODEL_HELP)
     p.add_argument("--ckpt", default=None, help="checkpoint (default {work_dir}/{m_name}/checkpoint/ckpt.pth)")
     p.add_argument("--work_dir", default=".")
     p.add_argument("--layers", nargs="+", default=None, help="layers (default: first, middle and last prunable layer)")

@@ -93,7 +93,7 @@ def main(args):
         if data is None and not args.no_eval:
             data = cli.build_data(DataHparams.from_args(args), args.seed, device, m_name)
             log(data.describe())
-        size = model_spec(m_name).input_size
+        size = model_spec(m_name, ckpt.get("dataset") or args.dataset).input_size
         cost = model_cost(model, size, device)
         pruned_filters, total_filters = filter_counts(model)
         granularity = granularity_of_model(model)

@@ -2,6 +2,7 @@
 
 from .model_loader import (
     MODEL_ALIASES,
+    MODEL_HELP,
     MODEL_NAMES,
     ModelSpec,
     UnknownModelError,
@@ -12,6 +13,7 @@ from .model_loader import (
 
 __all__ = [
     "MODEL_ALIASES",
+    "MODEL_HELP",
     "MODEL_NAMES",
     "ModelSpec",
     "UnknownModelError",

@@ -156,3 +156,30 @@ def test_structured_latency_bench_prints_every_backend():
                                                       "--min_run_time", "0.05", "--threads", "1"])
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("resnet20")]
     assert len(rows) == 2 and rows[1][-2].endswith("x") and rows[1][-1].endswith("x")  # compact and ort speed-ups
+
+
+@pytest.mark.slow
+def test_latency_limit_with_either_backend(tmp_path):
+    """find_drop_point.py --max_latency_ms times each filter-pruned level's compact model with the chosen
+    backend; a generous limit fits every level, a tiny one none."""
+    pytest.importorskip("onnxruntime")
+    folder = tmp_path / "curve"
+    folder.mkdir()
+    for amount, acc in ((0.3, 90.0), (0.5, 88.0), (0.7, 70.0)):
+        torch.manual_seed(0)
+        model = FILTERS.add_masks(model_loader("resnet20"))
+        prune_channels(model, 32, amount, "l1")
+        save_checkpoint(str(folder / f"resnet20_{FILTERS.sparsity(model):.4f}.pth"), model, "resnet20", "digits",
+                        "prune_structured_iterative", metrics={"val_acc": acc})
+    common = ["--model_path", folder, "--dense_acc", "90", "--tolerance", "100", "--dataset", "digits"]
+    for backend in ("torch", "onnxruntime"):
+        out = run_script("find_drop_point.py", common + ["--max_latency_ms", "1000", "--latency_backend",
+                                                         backend]).stdout
+        assert f"latency ms (batch 1, {backend}) <= 1000" in out
+        rows = [line for line in out.splitlines() if line.startswith("  sparsity ")]
+        assert len(rows) == 3 and all(" ms (IQR " in r and r.endswith("fits") for r in rows), rows
+    out = run_script("find_drop_point.py", common + ["--max_latency_ms", "1e-6", "--latency_backend",
+                                                     "onnxruntime"]).stdout
+    assert "least sparse checkpoint that fits: none" in out
+    bad = run_script("find_drop_point.py", common + ["--max_latency_ms", "1", "--latency_backend", "tvm"], check=False)
+    assert bad.returncode == 2 and "invalid choice: 'tvm'" in bad.stderr

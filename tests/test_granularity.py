@@ -3,8 +3,9 @@ with direct counts over the model's masks, and every stage picks the granularity
 import torch.nn as nn
 
 from models import model_loader
-from utils.compact import export_compact
+from utils.compact import Latency, export_compact
 from utils.costs import model_cost
+from utils.export import latency_meter
 from utils.granularity import FILTERS, WEIGHTS, granularity_of_model, granularity_of_stage
 from utils.masks import masked_modules
 from utils.pruners import weight_pruner_loader
@@ -51,12 +52,21 @@ def test_device_costs_are_the_kernels_each_granularity_runs():
     dense_macs = model_cost(model_loader("resnet20"), size)["macs"]
     assert 0 < costs["macs"] < dense_macs and costs["macs"] == model_cost(sparse, size)["nonzero_macs"]
     assert costs["max_macs_per_weight"] == 32 * 32  # the first-stage convs: one MAC per output position
-    assert "latency_ms" not in WEIGHTS.device_costs(sparse, size, latency_batch=1)
+    calls = []
+
+    def latency(model, input_size):  # records what is timed
+        calls.append((model, input_size))
+        return Latency(1.5, 0.25, 1, 3)
+
+    assert "latency_ms" not in WEIGHTS.device_costs(sparse, size, latency) and not calls
     filters = _filter_pruned()
-    row = FILTERS.device_costs(filters, size, latency_batch=1)
+    row = FILTERS.device_costs(filters, size, latency)
+    (timed, timed_size), = calls  # the compact model: fewer filters than the masked one
+    assert timed_size == size and FILTERS.total(timed) < FILTERS.total(filters)
+    assert (row["latency_ms"], row["latency_iqr_ms"]) == (1.5, 0.25)
     assert row["macs"] == model_cost(export_compact(filters, size), size)["macs"] < dense_macs
     assert row["alive_filters"] == FILTERS.total(filters) * (1 - FILTERS.sparsity(filters))
-    assert row["latency_ms"] > 0
+    assert FILTERS.device_costs(filters, size, latency_meter("torch", 1))["latency_ms"] > 0
     assert FILTERS.evaluation_costs(filters, size) == {"compact_macs": row["macs"]}
     assert WEIGHTS.evaluation_costs(sparse, size) == {}
 

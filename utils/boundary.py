@@ -150,6 +150,7 @@ class DeviceLimits:
     storage: str = "bitmask"
     value_bytes: int = 4
     latency_batch: int = 1
+    latency_backend: str = "torch"
 
     def any(self):
         return any(v is not None for v in (self.max_nonzero_params, self.max_bytes, self.max_macs, self.max_latency_ms))
@@ -163,7 +164,8 @@ class DeviceLimits:
     def describe(self):
         return ", ".join(f"{k} <= {v:g}" for k, v in (
             ("non-zero weights", self.max_nonzero_params), (f"bytes ({self.storage})", self.max_bytes),
-            ("MACs", self.max_macs), (f"latency ms (batch {self.latency_batch})", self.max_latency_ms))
+            ("MACs", self.max_macs),
+            (f"latency ms (batch {self.latency_batch}, {self.latency_backend})", self.max_latency_ms))
             if v is not None)
 
 

@@ -216,7 +216,7 @@ def model_from_checkpoint(path, m_name, device="cpu", expect=None, trust_pickle=
     if expect == "dense" and masked and model_sparsity_of_state(ckpt["state_dict"]) > 0:
         raise CheckpointError(f"{path} is a pruned checkpoint (sparsity {model_sparsity_of_state(ckpt['state_dict']):.4f}) "
                               "but the dense pretrained model is expected here")
-    model = model_loader(m_name)
+    model = model_loader(m_name, dataset=ckpt.get("dataset"))
     load_state_into(model, ckpt["state_dict"], path)
     return model.to(device), ckpt
 

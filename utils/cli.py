@@ -41,8 +41,8 @@ def build_data(data, seed, device, m_name=None):
     """DataBundle for a DataHparams (and the run's seed); checks that the model `m_name` fits the data."""
     name = canonical_dataset_name(data.dataset)
     if m_name:
-        family = model_spec(m_name).dataset_family
-        if family != SPECS[name].model_family:
+        family = model_spec(m_name, name).dataset_family  # None: a torchvision model, which fits any data
+        if family not in (None, SPECS[name].model_family):
             raise BridgeError(f"model {m_name} is built for {family} data, not for dataset {name}; "
                               "pick a matching --m_name or --dataset")
     check_fraction("--val_split", data.val_split)

@@ -41,11 +41,13 @@ def _prune_plain(plain, input_size, dead):
     return plain
 
 
-def save_compact(path, compact, m_name, masked_model, input_size):
-    """Write a compact model as a weights_only dict: its state_dict plus the removed channels per group."""
+def save_compact(path, compact, m_name, masked_model, input_size, dataset=None):
+    """Write a compact model as a weights_only dict: its state_dict plus the removed channels per group (and the
+    data set, which a torchvision model's class count comes from)."""
     from utils.checkpoints import COMPACT_FORMAT, atomic_torch_save, cpu_state_dict
 
     return atomic_torch_save({"format": COMPACT_FORMAT, "model": m_name, "stage": "compact", "input_size": input_size,
+                              "dataset": dataset,
                               "dead_channels": dead_channels(masked_model, input_size),
                               "state_dict": cpu_state_dict(compact)}, path)
 
@@ -55,8 +57,9 @@ def load_compact(path):
     from utils.checkpoints import load_state_file
 
     ckpt = load_state_file(path)
-    size = ckpt.get("input_size") or model_spec(ckpt["model"]).input_size  # files written before input_size
-    plain = _prune_plain(model_loader(ckpt["model"]), size, ckpt["dead_channels"])
+    dataset = ckpt.get("dataset")
+    size = ckpt.get("input_size") or model_spec(ckpt["model"], dataset).input_size  # files written before input_size
+    plain = _prune_plain(model_loader(ckpt["model"], dataset=dataset), size, ckpt["dead_channels"])
     plain.load_state_dict(ckpt["state_dict"])
     return plain, ckpt
 

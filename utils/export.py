@@ -6,19 +6,22 @@ its masks folded into the weights (a dense graph: the zeros cost storage, not ti
 The sparse weight file is utils.sparse_file.
 """
 import os
+import tempfile
 import warnings
+from dataclasses import dataclass
 
 import torch
 
 from models import model_loader, model_spec
 from utils.checkpoints import COMPACT_FORMAT, model_from_checkpoint, peek_checkpoint
-from utils.compact import export_compact, load_compact, time_callable
-from utils.errors import BridgeError
+from utils.compact import export_compact, load_compact, time_callable, torch_latency
+from utils.errors import BridgeError, UnknownChoiceError
 from utils.granularity import FILTERS, WEIGHTS, granularity_of_model
 from utils.sparse_file import read_header, read_sparse
 from utils.structured import plain_copy
 
 ONNX_OPSET = 17
+LATENCY_BACKENDS = ("torch", "onnxruntime")
 
 
 def onnxruntime():
@@ -31,23 +34,41 @@ def onnxruntime():
     return ort
 
 
+@dataclass(frozen=True)
+class ExportSource:
+    """What a checkpoint exports from: its masked model (None for a compact file), the deployable plain model
+    (eval mode, CPU: the compact model of a filter-pruned one, the folded weights of a weight-pruned one), the
+    model and data set names, the input size and a description."""
+
+    masked: torch.nn.Module | None
+    plain: torch.nn.Module
+    m_name: str
+    dataset: str | None
+    input_size: int
+    description: str
+
+
 def load_for_export(path, trust_pickle=False):
-    """(masked model or None, deployable plain model in eval mode on the CPU, model name, what it is) of a
-    checkpoint: the compact model of a filter-pruned one, the folded weights of a weight-pruned one."""
+    """The ExportSource of a checkpoint."""
     meta = peek_checkpoint(path, trust_pickle=trust_pickle)
     if meta.get("format") == COMPACT_FORMAT:
         compact, ckpt = load_compact(path)
-        return None, compact.eval(), ckpt["model"], "compact (filters removed)"
+        size = ckpt.get("input_size") or model_spec(ckpt["model"], ckpt.get("dataset")).input_size
+        return ExportSource(None, compact.eval(), ckpt["model"], ckpt.get("dataset"), size,
+                            "compact (filters removed)")
     m_name = meta.get("model")
     if not m_name:
         raise BridgeError(f"{path} does not record its model, so it cannot be rebuilt; convert it first "
                           "(convert_checkpoint.py --m_name ...)")
-    model, _ = model_from_checkpoint(path, m_name, trust_pickle=trust_pickle)
+    model, ckpt = model_from_checkpoint(path, m_name, trust_pickle=trust_pickle)
     model.eval()
+    dataset = ckpt.get("dataset")
+    size = model_spec(m_name, dataset).input_size
     if granularity_of_model(model) is FILTERS:
-        return model, export_compact(model, model_spec(m_name).input_size).eval(), m_name, \
-            "filter-pruned, exported compact (masked filters removed)"
-    return model, plain_copy(model).eval(), m_name, "weight-pruned, masks folded into the weights"
+        return ExportSource(model, export_compact(model, size).eval(), m_name, dataset, size,
+                            "filter-pruned, exported compact (masked filters removed)")
+    return ExportSource(model, plain_copy(model).eval(), m_name, dataset, size,
+                        "weight-pruned, masks folded into the weights")
 
 
 def export_onnx(model, input_size, path, opset=ONNX_OPSET):
@@ -84,7 +105,8 @@ def load_sparse_model(path):
     recorded granularity, the stored values."""
     meta = read_header(path)
     granularity = FILTERS if meta.get("granularity") == FILTERS.name else WEIGHTS
-    return read_sparse(path, granularity.add_masks(model_loader(meta["model"]))).eval()
+    model = model_loader(meta["model"], dataset=meta.get("dataset") or None)
+    return read_sparse(path, granularity.add_masks(model)).eval()
 
 
 def onnx_latency(path, input_size, batch, threads=None, min_run_time=0.3):
@@ -94,3 +116,20 @@ def onnx_latency(path, input_size, batch, threads=None, min_run_time=0.3):
     session = onnx_session(path, threads)
     feed = {"input": torch.randn(batch, 3, input_size, input_size).numpy()}
     return time_callable(lambda: session.run(None, feed), threads, min_run_time)
+
+
+def latency_meter(backend, batch, threads=None):
+    """A function (plain eval model, input size) -> Latency timing one forward pass at `batch` on the CPU:
+    PyTorch eager ("torch"), or onnxruntime on the model exported to a temporary ONNX file ("onnxruntime")."""
+    if backend not in LATENCY_BACKENDS:
+        raise UnknownChoiceError("latency backend", backend, LATENCY_BACKENDS)
+    if backend == "torch":
+        return lambda model, input_size: torch_latency(model, input_size, batch, threads)
+    onnxruntime()  # one line now if it is missing, not after the first level's export
+
+    def measure(model, input_size):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_onnx(model.eval(), input_size, os.path.join(tmp, "model.onnx"))
+            return onnx_latency(path, input_size, batch, threads)
+
+    return measure

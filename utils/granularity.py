@@ -6,7 +6,7 @@ on a device (boundary estimation) and which regrowth script continues from a lev
 stage (utils.pruning_run.PruningPlan), the regrowth kinds (utils.regrowth.kinds), the boundary
 script and the evaluation script take it instead of branching on "structured".
 """
-from utils.compact import export_compact, torch_latency
+from utils.compact import export_compact
 from utils.costs import layer_costs, model_cost
 from utils.masks import add_masks, count_pruned_params, model_sparsity
 from utils.structured import add_structured_masks, channel_sparsity, filter_counts, is_structured_model
@@ -45,7 +45,7 @@ class WeightGranularity:
         """What the evaluation table adds for this granularity (dense kernels: nothing beyond the masked costs)."""
         return {}
 
-    def device_costs(self, model, input_size, latency_batch=None):
+    def device_costs(self, model, input_size, latency=None):
         """The MACs a level costs on a device: non-zero MACs, and the most MACs one regrown weight can add.
         (Latency is not measured: a weight-sparse model runs dense kernels.)"""
         costs = layer_costs(model, input_size)
@@ -88,13 +88,15 @@ class FilterGranularity:
         """The MACs of the compact model (the filters physically removed)."""
         return {"compact_macs": model_cost(export_compact(model, input_size), input_size)["macs"]}
 
-    def device_costs(self, model, input_size, latency_batch=None):
-        """The compact model's MACs, the alive filters and, with a latency batch, the compact model's latency."""
+    def device_costs(self, model, input_size, latency=None):
+        """The compact model's MACs, the alive filters and, with `latency` (a function (plain model, input size) ->
+        utils.compact.Latency, see utils.export.latency_meter), the compact model's median latency and its IQR."""
         compact = export_compact(model, input_size)
         pruned, total = filter_counts(model)
         row = {"macs": model_cost(compact, input_size)["macs"], "alive_filters": total - pruned}
-        if latency_batch is not None:
-            row["latency_ms"] = torch_latency(compact, input_size, latency_batch).median_ms
+        if latency is not None:
+            measured = latency(compact, input_size)
+            row["latency_ms"], row["latency_iqr_ms"] = measured.median_ms, measured.iqr_ms
         return row
 
     def regrowth_command(self, m_name, start, fraction):

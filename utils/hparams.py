@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 from data.specs import BACKENDS
-from models import MODEL_NAMES
+from models import MODEL_HELP
 from utils import paths
 from utils.runtime import DEVICE_CHOICES, PRECISION_CHOICES
 
@@ -130,7 +130,7 @@ class RuntimeHparams(Hparams):
 class ModelSource(Hparams):
     """Which model a stage works on and where the earlier stages left it."""
 
-    m_name: str = flag("resnet20", f"model: {', '.join(MODEL_NAMES)}")
+    m_name: str = flag("resnet20", MODEL_HELP)
     dense_ckpt: str = flag(None, "dense pretrained model (default {work_dir}/{m_name}/checkpoint/ckpt.pth)")
     work_dir: str = flag(".", "folder holding the {m_name}/ tree of the earlier stages")
     trust_pickle: bool = flag(False, "allow reading pickled published checkpoints", action="store_true")

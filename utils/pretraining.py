@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from models import MODEL_NAMES, canonical_model_name, model_loader
+from models import MODEL_HELP, canonical_model_name, model_loader
 from utils import cli
 from utils import distributed as dist
 from utils import paths
@@ -30,7 +30,10 @@ from utils.training import evaluate, train_one_epoch
 class PretrainHparams(Hparams):
     """The dense model's training recipe."""
 
-    m_name: str = flag("vgg16", f"model: {', '.join(MODEL_NAMES)}")
+    m_name: str = flag("vgg16", MODEL_HELP)
+    tv_weights: str = flag(None, "a torchvision model's pretrained weights to start from: DEFAULT or a weights name "
+                                 "(e.g. IMAGENET1K_V1), read from the torch hub cache (fetched unless --no_download); "
+                                 "tensors whose shape differs (the classifier head) stay freshly initialised")
     lr: float = flag(0.1, "", type=float)
     momentum: float = flag(0.9, "", type=float)
     weight_decay: float = flag(5e-4, "", type=float)
@@ -92,7 +95,8 @@ def run_pretraining(hp, data_hp, runtime, record):
 
     out_dir = cli.check_writable(paths.pretrain_dir(hp.work_dir, m_name))
     best_path, last_path = os.path.join(out_dir, paths.DENSE_FILE), os.path.join(out_dir, paths.PRETRAIN_STATE_FILE)
-    model = to_device(model_loader(m_name), device, precision)
+    model = to_device(model_loader(m_name, dataset=data.spec.name, tv_weights=hp.tv_weights,
+                                   download=not data_hp.no_download), device, precision)
     net = dist.wrap_ddp(model)  # under torchrun: DistributedDataParallel, each process on its shard
     if dist.is_distributed():
         data.train.shard(dist.rank(), dist.world_size())

@@ -9,8 +9,8 @@ they are:
 
 Every other parameter and floating buffer (biases, BatchNorm affine values and running statistics) is
 stored dense in the value dtype; the masks of other masked parameters (a filter-pruned model's conv bias
-and BatchNorm masks) as packed bits like a bitmask. What is not a tensor (the model name, storage, value
-dtype, the shapes, BatchNorm's batch counters) lives in the safetensors header, so the file's size is the
+and BatchNorm masks) as packed bits like a bitmask. What is not a tensor (the model name, data set, storage,
+value dtype, the shapes, BatchNorm's batch counters) lives in the safetensors header, so the file's size is the
 byte count plus that header (8 bytes of length and its JSON, stated by `header_bytes`).
 
 `read_sparse` rebuilds the masked model: masks and effective weights (weight_orig * mask) bit for bit in
@@ -82,11 +82,13 @@ def sparse_tensors(model, storage="bitmask", value_dtype="float32"):
     return tensors, meta
 
 
-def write_sparse(path, model, m_name, granularity, storage="bitmask", value_dtype="float32"):
+def write_sparse(path, model, m_name, granularity, storage="bitmask", value_dtype="float32", dataset=None):
     """Write the sparse file of a masked model (granularity: utils.granularity's name, "weights" or "filters",
-    so that the reader rebuilds the same masks); returns (tensor bytes, header bytes)."""
+    so that the reader rebuilds the same masks; dataset: what a torchvision model's class count comes from);
+    returns (tensor bytes, header bytes)."""
     tensors, meta = sparse_tensors(model, storage, value_dtype)
-    header = {"format": SPARSE_FORMAT, "model": m_name, "granularity": granularity, "storage": storage,
+    header = {"format": SPARSE_FORMAT, "model": m_name, "dataset": dataset or "", "granularity": granularity,
+              "storage": storage,
               "value_dtype": value_dtype, "layout": json.dumps(meta, sort_keys=True)}
     tmp = f"{path}.tmp"
     save_file(tensors, tmp, metadata=header)

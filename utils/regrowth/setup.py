@@ -85,7 +85,7 @@ def prepare(hp, sparse_path, record=None):
 
 def work_model_like(setup, state):
     """A preallocated working model on the device holding `state`."""
-    model = to_device(model_loader(setup.hp.source.m_name), setup.device, setup.precision)
+    model = to_device(model_loader(setup.hp.source.m_name, dataset=setup.data.spec.name), setup.device, setup.precision)
     return load_state_into(model, state)
 
 
