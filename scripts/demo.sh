@@ -52,6 +52,12 @@ echo; echo "=== boundary: knee of the iterative curve, and a 8,000-weight device
 python find_drop_point.py --model_path "$WD/$M/iterative" --dataset digits --max_nonzero_params 8000 \
   | grep -E "^knee|^least sparse|^checkpoint just past|^start regrowth|^  python|^wrote"
 
+echo; echo "=== export: the last structured level as ONNX, the sparsest iterative level as a sparse weight file ==="
+python export.py --model_path "$WD/$M/structured_iterative/$SP" --format onnx --out "$WD/deploy" | grep -E "^wrote"
+IT=$(ls "$WD/$M/iterative/" | grep -E "^${M}_0\.[0-9]+\.pth$" | sort | tail -1)
+python export.py --model_path "$WD/$M/iterative/$IT" --format sparse --storage bitmask --out "$WD/deploy" \
+  | grep -E "^wrote|^read back"
+
 echo; echo "=== report: every run of $M in one table and figure ==="
 python report.py --m_name "$M" --work_dir "$WD" | grep -E "^wrote"
 
@@ -65,4 +71,5 @@ echo "  iterative regrowth $WD/rl_checkpoints/$M/iterative/  (iter_*/best_grown_
 echo "  structured pruning $WD/$M/structured_iterative/  (masked checkpoints; prune_results.csv has param/MAC ratios)"
 echo "  structured regrowth $WD/structured_rl_ckpts/$M/structured_oneshot/"
 echo "  evaluation tables  $WD/evaluation.csv, $WD/evaluation_structured.csv  (+ accuracy_vs_sparsity.png)"
+echo "  export             $WD/deploy/  (*.onnx, *_bitmask_float32.safetensors)"
 echo "  report             $WD/$M/report.md, $WD/$M/report.png"

@@ -9,6 +9,7 @@ from utils.checkpoints import (load_checkpoint, load_state_into, model_from_chec
                                save_checkpoint)
 from utils.errors import CheckpointError
 from utils.masks import add_masks, model_sparsity
+from utils.pretraining import TrainingState
 from utils.pruners import PRUNERS
 
 
@@ -125,3 +126,19 @@ def test_convert_published_formats_round_trip(tmp_path, entry):
     # without --trust_pickle the pickled module is refused with a clear message
     with pytest.raises(CheckpointError, match="trust_pickle"):
         convert(["--model_path", str(src / "best_ep1_rwd+0.01.pth"), "--m_name", "resnet20", "--convert", str(out)])
+
+
+def test_pretrain_resume_state_records_and_checks_its_data_set(tmp_path):
+    """last.pth names its model and data set; resuming it for another data set is refused (a torchvision model's
+    head is sized by the data set, and a silent resume would train on the wrong classes)."""
+    def fresh():
+        model = model_loader("resnet20")
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        return model, optimizer, torch.optim.lr_scheduler.StepLR(optimizer, 1)
+
+    path = str(tmp_path / "last.pth")
+    TrainingState(epoch=3, history=[]).save(path, "resnet20", "digits", *fresh(), finished=False)
+    assert torch.load(path, weights_only=True)["dataset"] == "digits"
+    assert TrainingState.restore(path, "resnet20", "digits", *fresh()).epoch == 3
+    with pytest.raises(CheckpointError, match="was trained on 'digits', not 'CIFAR10'"):
+        TrainingState.restore(path, "resnet20", "CIFAR10", *fresh())

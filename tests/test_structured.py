@@ -3,8 +3,10 @@ dense values, and compact export equal to the masked model."""
 import pytest
 import torch
 import torch.nn as nn
+import torchvision
 
 from models import model_loader, model_spec
+from utils.errors import BridgeError
 from utils.compact import check_equivalence, export_compact, load_compact, save_compact
 from utils.masks import count_pruned_params
 from utils.structured import add_structured_masks, alive_channels, channel_groups, channel_sparsity, filter_counts, set_channels
@@ -112,6 +114,15 @@ def test_every_group_keeps_a_channel_and_linear_is_never_pruned():
         prune_channels(model, input_size("resnet20"), 0.5, "l1")
     assert all(int(alive_channels(model, g).sum()) == 1 for g in groups)
     assert torch.all(model.linear.weight_mask == 1)
+
+
+def test_models_without_traceable_channel_groups_are_one_clear_error():
+    """Torch-Pruning fails inside its tracer on shufflenet's channel shuffle; a network whose convs all feed a
+    linear's outputs has no group to cut. Both: one BridgeError naming the way out, not a traceback."""
+    with pytest.raises(BridgeError, match=r"cannot trace the channel coupling of ShuffleNetV2 \(ZeroDivisionError"):
+        channel_groups(torchvision.models.shufflenet_v2_x0_5(num_classes=10), 32)
+    with pytest.raises(BridgeError, match="has no prunable channel groups.*prune_unstructure.py"):
+        channel_groups(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10)), 8)
 
 
 def test_a_step_that_would_empty_a_layer_leaves_its_group_untouched():

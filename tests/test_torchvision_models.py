@@ -14,8 +14,10 @@ import regrowth_oneshot
 import regrowth_structure_oneshot
 import test_unstructure_regrowth_model as evaluation
 from models import UnknownModelError, canonical_model_name, model_loader, model_spec
+from utils.checkpoints import model_from_checkpoint
 from utils.errors import BridgeError
 from utils.granularity import FILTERS, WEIGHTS
+from utils.masks import export_plain_model
 
 TORCHVISION_CNNS = ["torchvision.resnet18", "torchvision.mobilenet_v3_small"]
 
@@ -76,6 +78,10 @@ def test_torchvision_model_through_every_stage(tmp_path, m_name):
     assert _only_turned_on(_masks(level), _masks(s_final)) > 0
     s_ckpt = torch.load(s_final, weights_only=True)
     assert s_ckpt["sparsity"] < torch.load(level, weights_only=True)["sparsity"]
+
+    # a pruned checkpoint, masks baked in, is torchvision's own model
+    plain = export_plain_model(model_from_checkpoint(final, m_name)[0]).state_dict()
+    torchvision.models.get_model(m_name.removeprefix("torchvision."), num_classes=10).load_state_dict(plain)
 
     # evaluation of both kinds, then export of both
     rows = [_run(evaluation, ["--dataset", "digits", "--model_path", path, "--train_limit", "128"])[0]

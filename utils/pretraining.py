@@ -60,8 +60,8 @@ class TrainingState:
     stale: int = 0
     history: list = None
 
-    def save(self, path, m_name, model, optimizer, scheduler, finished):
-        atomic_torch_save({"format": FORMAT, "model": m_name, "stage": "pretrain_state",
+    def save(self, path, m_name, dataset, model, optimizer, scheduler, finished):
+        atomic_torch_save({"format": FORMAT, "model": m_name, "dataset": dataset, "stage": "pretrain_state",
                            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                            "epoch": self.epoch, "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
@@ -69,13 +69,15 @@ class TrainingState:
                           path)
 
     @classmethod
-    def restore(cls, path, m_name, model, optimizer, scheduler):
+    def restore(cls, path, m_name, dataset, model, optimizer, scheduler):
         """Load last.pth into the model, optimizer, scheduler and the random generators."""
         if not os.path.isfile(path):
             raise BridgeError(f"--resume: nothing to resume, {path} does not exist")
         state = load_state_file(path)
         if state.get("model") != m_name:
             raise CheckpointError(f"{path} belongs to model {state.get('model')!r}, not {m_name!r}")
+        if state.get("dataset", dataset) != dataset:  # files from before the data set was recorded: not checked
+            raise CheckpointError(f"{path} was trained on {state['dataset']!r}, not {dataset!r}")
         load_state_into(model, state["state_dict"], path)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -105,7 +107,7 @@ def run_pretraining(hp, data_hp, runtime, record):
 
     state = TrainingState(history=[])
     if hp.resume:
-        state = TrainingState.restore(last_path, m_name, model, optimizer, scheduler)
+        state = TrainingState.restore(last_path, m_name, data.spec.name, model, optimizer, scheduler)
         log(f"resumed from {last_path}: epoch {state.epoch}, best val acc {state.best_val_acc:.2f} "
             f"(epoch {state.best_epoch})")
 
@@ -135,7 +137,7 @@ def run_pretraining(hp, data_hp, runtime, record):
             f"| {stats.images_per_s:.0f} img/s")
         state.epoch = epoch + 1
         finished = state.stale >= patience or epoch + 1 >= max_epochs
-        state.save(last_path, m_name, model, optimizer, scheduler, finished)
+        state.save(last_path, m_name, data.spec.name, model, optimizer, scheduler, finished)
         write_csv(os.path.join(out_dir, "pretrain_log.csv"), state.history)
         if state.stale >= patience:
             log(f"early stop: no val improvement for {patience} epochs")

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.prune as prune
 
+from utils.errors import BridgeError
 from utils.masks import add_masks, export_plain_model, has_mask
 
 SCOPES = ("local", "global")
@@ -110,7 +111,15 @@ def channel_groups(model, input_size):
     architecture and process, on a plain copy)."""
     key = (architecture_key(model), int(input_size))
     if key not in _GROUPS:
-        _GROUPS[key] = tuple(_trace_groups(plain_copy(model), input_size))
+        try:
+            groups = tuple(_trace_groups(plain_copy(model), input_size))
+        except Exception as exc:  # Torch-Pruning's tracer fails inside its own code on some graphs
+            raise BridgeError(f"Torch-Pruning cannot trace the channel coupling of {type(model).__name__} "
+                              f"({type(exc).__name__}: {exc}); prune its weights instead (prune_unstructure.py)") from exc
+        if not groups:
+            raise BridgeError(f"{type(model).__name__} has no prunable channel groups (every conv's output channels "
+                              "also feed a linear layer's outputs, which stay whole); prune its weights instead (prune_unstructure.py)")
+        _GROUPS[key] = groups
     return _GROUPS[key]
 
 
