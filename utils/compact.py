@@ -12,7 +12,8 @@ import torch
 import torch_pruning as tp
 
 from models import model_loader, model_spec
-from utils.structured import alive_channels, channel_groups, plain_copy
+from utils.masks import plain_copy
+from utils.structured import alive_channels, channel_groups
 
 
 def export_compact(masked_model, input_size):

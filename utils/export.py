@@ -17,8 +17,8 @@ from utils.checkpoints import COMPACT_FORMAT, model_from_checkpoint, peek_checkp
 from utils.compact import export_compact, load_compact, time_callable, torch_latency
 from utils.errors import BridgeError, UnknownChoiceError
 from utils.granularity import FILTERS, WEIGHTS, granularity_of_model
+from utils.masks import plain_copy
 from utils.sparse_file import read_header, read_sparse
-from utils.structured import plain_copy
 
 ONNX_OPSET = 17
 LATENCY_BACKENDS = ("torch", "onnxruntime")

@@ -8,6 +8,7 @@ so every edit here goes through `reshape`/`copy_`, which works in either memory 
 
 Sparsity = zeros in all masks / entries of all masks, over every prunable weight.
 """
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -163,3 +164,19 @@ def export_plain_model(model):
         for name in names:
             prune.remove(m, name)
     return model
+
+
+def plain_copy(model):
+    """A CPU copy of `model` with every mask baked into its parameter: the architecture without the pruning
+    reparametrisation, for Torch-Pruning to trace and cut (a torch.compile'd twin is not copied)."""
+    memo = {}
+    for m in model.modules():
+        for value in vars(m).values():
+            if torch.is_tensor(value) and not value.is_leaf:  # a masked weight computed in a forward with grad:
+                memo[id(value)] = value.detach()              # not copyable, and recomputed from *_orig below
+    twin = model.__dict__.get("_bridge_compiled")
+    if twin is not None:
+        memo[id(twin)] = None
+    copied = copy.deepcopy(model, memo)
+    copied.__dict__.pop("_bridge_compiled", None)
+    return export_plain_model(copied.cpu())

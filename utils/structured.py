@@ -16,7 +16,6 @@ Structured sparsity = pruned filters / all Conv2d filters (the published metric)
 masks: a filter is pruned when its whole weight-mask row is zero. Which filters a pruning step
 removes (the published Torch-Pruning importances) is `utils.structured_importance`.
 """
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +23,7 @@ import torch.nn as nn
 import torch.nn.utils.prune as prune
 
 from utils.errors import BridgeError
-from utils.masks import add_masks, export_plain_model, has_mask
+from utils.masks import add_masks, has_mask, plain_copy
 
 SCOPES = ("local", "global")
 
@@ -78,22 +77,6 @@ def _trace_groups(model, input_size):
                                    tuple((n, tuple(i)) for n, i in norms), tuple((n, tuple(i)) for n, i in consumers)))
     order = {n: k for k, (n, _) in enumerate(model.named_modules())}
     return sorted(groups, key=lambda g: order[g.root])
-
-
-def plain_copy(model):
-    """A CPU copy of `model` with every mask baked into its parameter: the architecture without the pruning
-    reparametrisation, for Torch-Pruning to trace and cut (a torch.compile'd twin is not copied)."""
-    memo = {}
-    for m in model.modules():
-        for value in vars(m).values():
-            if torch.is_tensor(value) and not value.is_leaf:  # a masked weight computed in a forward with grad:
-                memo[id(value)] = value.detach()              # not copyable, and recomputed from *_orig below
-    twin = model.__dict__.get("_bridge_compiled")
-    if twin is not None:
-        memo[id(twin)] = None
-    copied = copy.deepcopy(model, memo)
-    copied.__dict__.pop("_bridge_compiled", None)
-    return export_plain_model(copied.cpu())
 
 
 def architecture_key(model):
