@@ -17,12 +17,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH bash scripts/demo.sh
 
-# the whole test suite (CPU, no downloads); `make test-fast` skips the end-to-end tests
+# the whole test suite (CPU, no downloads), one worker per core (tests/conftest.py splits the threads);
+# `make test-fast` skips the end-to-end tests. Serial: `.venv/bin/python -m pytest -q`
+XDIST := -n auto --dist worksteal
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(XDIST)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q $(XDIST) -m "not slow"
 
 clean-demo:
 	rm -rf runs/demo

@@ -18,7 +18,27 @@ os.environ.setdefault("BRIDGE_PROGRESS", "0")
 if "BRIDGE_CACHE_DIR" not in os.environ:
     os.environ["BRIDGE_CACHE_DIR"] = tempfile.mkdtemp(prefix="bridge-test-cache-")
     atexit.register(shutil.rmtree, os.environ["BRIDGE_CACHE_DIR"], ignore_errors=True)
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# under pytest-xdist (`make test` runs one worker per core) each worker and the scripts it starts get their share
+# of the cores: two workers with two threads each on two cores spin against each other
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, min(2, torch.get_num_threads()) // _WORKERS)
+torch.set_num_threads(_THREADS)
+if _WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+
+_ROOT_ENTRIES = set(os.listdir(ROOT))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Tests write under their temporary folders: a run that leaves a new entry in the repository root (a stage
+    run without --work_dir, say) fails the session. Checked once, by the process that ran (or ran the workers of)
+    the whole session."""
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        return
+    new = sorted(set(os.listdir(ROOT)) - _ROOT_ENTRIES - {".pytest_cache", "__pycache__"})
+    if new:
+        print(f"\nerror: the tests left new entries in the repository root: {', '.join(new)}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def load_script(relative_path):

@@ -171,8 +171,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("script,argv,expected", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
-def test_bad_input_is_one_clear_line(wd, capsys, script, argv, expected):
+def test_bad_input_is_one_clear_line(wd, capsys, monkeypatch, script, argv, expected):
     module = SCRIPTS[script]
+    monkeypatch.chdir(wd)  # cases without --work_dir write under ./<m_name>/: never into the repository
     with pytest.raises(SystemExit) as exc:
         cli.run(module.main, module.get_args_parser(), argv(wd))
     err = capsys.readouterr().err

@@ -95,10 +95,11 @@ def run_pretraining(hp, data_hp, runtime, record):
     data = cli.build_data(data_hp, runtime.seed, device, m_name)
     log(data.describe() + f" | device {device} | precision {precision.name}")
 
-    out_dir = cli.check_writable(paths.pretrain_dir(hp.work_dir, m_name))
-    best_path, last_path = os.path.join(out_dir, paths.DENSE_FILE), os.path.join(out_dir, paths.PRETRAIN_STATE_FILE)
+    # the model first: a name or input size it rejects must not leave an empty ./<m_name>/ folder behind
     model = to_device(model_loader(m_name, dataset=data.spec.name, tv_weights=hp.tv_weights,
                                    download=not data_hp.no_download), device, precision)
+    out_dir = cli.check_writable(paths.pretrain_dir(hp.work_dir, m_name))
+    best_path, last_path = os.path.join(out_dir, paths.DENSE_FILE), os.path.join(out_dir, paths.PRETRAIN_STATE_FILE)
     net = dist.wrap_ddp(model)  # under torchrun: DistributedDataParallel, each process on its shard
     if dist.is_distributed():
         data.train.shard(dist.rank(), dist.world_size())
