@@ -55,8 +55,8 @@ def main(args):
         raise UnknownChoiceError("value dtype", args.value_dtype, VALUE_DTYPES)
     if args.format == "onnx":
         onnxruntime()  # before any work: one line if it is missing
-    out = cli.check_writable(args.out or os.path.dirname(os.path.abspath(args.model_path)))
     source = load_for_export(args.model_path, args.trust_pickle)
+    out = cli.check_writable(args.out or os.path.dirname(os.path.abspath(args.model_path)))
     masked, plain, m_name, size = source.masked, source.plain, source.m_name, source.input_size
     name = os.path.splitext(os.path.basename(args.model_path))[0]
     log(f"{args.model_path}: {m_name}, {source.description}")

@@ -21,7 +21,7 @@ accuracy_vs_sparsity.png; with --save_compact also {m_name}_{sparsity}_compact.p
 import argparse
 import itertools
 
-from models import canonical_model_name, model_loader, model_spec
+from models import model_loader, model_spec
 from utils import cli
 from utils.compact import check_equivalence, export_compact, save_compact
 from utils.costs import model_cost
@@ -29,19 +29,17 @@ from utils.errors import BridgeError
 from utils.granularity import FILTERS
 from utils.masks import model_sparsity
 from utils.progress import log
-from utils.pruning_run import PruningHparams, PruningPlan, run_pruning
+from utils.pruning_run import PRUNING_MODES, PruningHparams, PruningPlan, level_schedule, run_pruning
 from utils.structured import SCOPES, channel_groups
 from utils.structured_importance import (GRADIENT_IMPORTANCE, IMPORTANCE, PUBLISHED_GRADIENT_BATCHES,
                                          check_importance, prune_channels)
-
-MODES = {"iterative": "iterative", "iterate": "iterative", "oneshot": "oneshot"}
 
 
 def get_args_parser():
     p = argparse.ArgumentParser("prune_structure.py", description="Structured (filter) pruning with masks + finetune")
     p.add_argument("--pruner", default="taylor", help=f"filter importance: {', '.join(IMPORTANCE)}")
     p.add_argument("--scope", default="local", choices=SCOPES, help="local: same fraction per group; global: one ranking")
-    p.add_argument("--m_prune", default="iterative", choices=sorted(MODES))
+    p.add_argument("--m_prune", default="iterative", choices=sorted(PRUNING_MODES))
     p.add_argument("--ratio_per_step", "--sparsity", dest="ratio_per_step", type=float, default=0.3,
                    help="iterative: fraction of the alive channels pruned per level")
     p.add_argument("--iter_start", type=int, default=1)
@@ -56,21 +54,18 @@ def get_args_parser():
 
 
 def main(args):
-    args.m_name = canonical_model_name(args.m_name)
     hp = PruningHparams.from_args(args)
-    mode = MODES[args.m_prune]
+    m_name, dataset = hp.source.m_name, hp.data.dataset
     check_importance(args.pruner)
-    cli.check_fraction("--ratio_per_step", args.ratio_per_step)
-    for t in args.oneshot:
-        cli.check_fraction("--oneshot target", t)
-    if mode == "iterative" and not 1 <= args.iter_start <= args.iter_end:
-        raise BridgeError(f"need 1 <= --iter_start <= --iter_end, got {args.iter_start} and {args.iter_end}")
-    cli.print_args(args, "prune_structure.py")
-    size = model_spec(args.m_name, args.dataset).input_size
-    groups = channel_groups(model_loader(args.m_name, dataset=args.dataset), size)
+    schedule = level_schedule(args.m_prune, "--ratio_per_step", args.ratio_per_step, args.iter_start, args.iter_end,
+                              args.oneshot)
+    arguments = hp.record(args)
+    cli.print_args(arguments, "prune_structure.py")
+    size = model_spec(m_name, dataset).input_size
+    groups = channel_groups(model_loader(m_name, dataset=dataset), size)
     log(f"{len(groups)} channel groups; coupled groups (more than one conv per channel): "
         + (", ".join(f"{g.root} x{g.cost}" for g in groups if g.cost > 1) or "none"))
-    dense_cost = model_cost(model_loader(args.m_name, dataset=args.dataset), size)
+    dense_cost = model_cost(model_loader(m_name, dataset=dataset), size)
 
     n_batches = (PUBLISHED_GRADIENT_BATCHES.get(args.pruner, 0) if args.importance_batches is None
                  else args.importance_batches)
@@ -93,14 +88,15 @@ def main(args):
 
     def save_compact_level(model, path):
         out = path[: -len(".pth")] + "_compact.pth"
-        save_compact(out, compacts.pop("last"), args.m_name, model, size, args.dataset)
+        save_compact(out, compacts.pop("last"), m_name, model, size, dataset)
         log(f"compact model: {out}")
 
+    mode = schedule["mode"]
     plan = PruningPlan(
-        mode=mode, method=f"{args.pruner}-{args.scope}", folder=f"structured_{mode}", stage=f"prune_structured_{mode}",
-        granularity=FILTERS, prune=prune, extra_metrics=extra_metrics, on_saved=save_compact_level if args.save_compact
-        else None, amount=args.ratio_per_step, iter_range=(args.iter_start, args.iter_end), targets=args.oneshot)
-    return run_pruning(hp, plan, hp.record(args))
+        method=f"{args.pruner}-{args.scope}", folder=f"structured_{mode}", stage=f"prune_structured_{mode}",
+        granularity=FILTERS, prune=prune, extra_metrics=extra_metrics,
+        on_saved=save_compact_level if args.save_compact else None, **schedule)
+    return run_pruning(hp, plan, arguments)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ Finetune: AdamW lr 3e-4, weight decay 0.01, a step budget (published: 12,520 ste
 """
 import argparse
 
-from models import canonical_model_name
 from utils import cli
 from utils.errors import BridgeError
 from utils.checkpoints import check_model_name, load_checkpoint, model_sparsity_of_state
@@ -29,15 +28,13 @@ from utils.compute import recorded_flops
 from utils.granularity import WEIGHTS
 from utils.masks import transplant_masks
 from utils.pruners import PRUNERS, weight_pruner_loader
-from utils.pruning_run import PruningHparams, PruningPlan, run_pruning
-
-MODES = {"iterative": "iterative", "iterate": "iterative", "oneshot": "oneshot"}
+from utils.pruning_run import PRUNING_MODES, PruningHparams, PruningPlan, level_schedule, run_pruning
 
 
 def get_args_parser():
     p = argparse.ArgumentParser("prune_unstructure.py", description="Unstructured magnitude pruning + finetune")
     p.add_argument("--pruner", default="lamp", help=f"one of {', '.join(PRUNERS)}")
-    p.add_argument("--m_prune", default="iterative", choices=sorted(MODES),
+    p.add_argument("--m_prune", default="iterative", choices=sorted(PRUNING_MODES),
                    help="iterative (published spelling 'iterate' accepted) or oneshot")
     p.add_argument("--iter_start", type=int, default=1, help="first iterative level to produce (earlier ones are loaded)")
     p.add_argument("--iter_end", type=int, default=15, help="last iterative level (inclusive)")
@@ -51,37 +48,31 @@ def get_args_parser():
 
 
 def main(args):
-    args.m_name = canonical_model_name(args.m_name)
     hp = PruningHparams.from_args(args)
-    mode = MODES[args.m_prune]
-    cli.check_fraction("--sparsity", args.sparsity)
-    for t in args.oneshot:
-        cli.check_fraction("--oneshot target", t)
-    if mode == "iterative" and not 1 <= args.iter_start <= args.iter_end:
-        raise BridgeError(f"need 1 <= --iter_start <= --iter_end, got {args.iter_start} and {args.iter_end}")
-    cli.print_args(args, "prune_unstructure.py")
+    schedule = level_schedule(args.m_prune, "--sparsity", args.sparsity, args.iter_start, args.iter_end, args.oneshot)
+    arguments = hp.record(args)
+    cli.print_args(arguments, "prune_unstructure.py")
     if args.mask_from:
-        return run_pruning(hp, transplant_plan(args), hp.record(args))
+        return run_pruning(hp, transplant_plan(args.mask_from, hp.source.m_name, hp.source.trust_pickle), arguments)
     pruner = weight_pruner_loader(args.pruner)
-    plan = PruningPlan(
-        mode=mode, method=args.pruner, folder=mode, stage=f"prune_{mode}", granularity=WEIGHTS,
-        prune=lambda model, amount, data: pruner(model, amount),
-        amount=args.sparsity, iter_range=(args.iter_start, args.iter_end), targets=args.oneshot)
-    return run_pruning(hp, plan, hp.record(args))
+    mode = schedule["mode"]
+    plan = PruningPlan(method=args.pruner, folder=mode, stage=f"prune_{mode}", granularity=WEIGHTS,
+                       prune=lambda model, amount, data: pruner(model, amount), **schedule)
+    return run_pruning(hp, plan, arguments)
 
 
-def transplant_plan(args):
+def transplant_plan(mask_from, m_name, trust_pickle):
     """--mask_from: one level, the source checkpoint's mask on the dense weights."""
-    source = load_checkpoint(args.mask_from, trust_pickle=args.trust_pickle)
-    check_model_name(source, args.m_name, args.mask_from)
+    source = load_checkpoint(mask_from, trust_pickle=trust_pickle)
+    check_model_name(source, m_name, mask_from)
     state = source["state_dict"]
     sparsity = model_sparsity_of_state(state)
     if sparsity <= 0:
-        raise BridgeError(f"--mask_from {args.mask_from}: the checkpoint holds no pruned mask")
+        raise BridgeError(f"--mask_from {mask_from}: the checkpoint holds no pruned mask")
     return PruningPlan(
         mode="oneshot", method="transplant", folder="transplant", stage="prune_transplant", granularity=WEIGHTS,
-        prune=lambda model, amount, data: transplant_masks(model, state, args.mask_from),
-        targets=[sparsity], inherited_flops=recorded_flops(source), inherited_from=args.mask_from)
+        prune=lambda model, amount, data: transplant_masks(model, state, mask_from),
+        targets=[sparsity], inherited_flops=recorded_flops(source), inherited_from=mask_from)
 
 if __name__ == "__main__":
     cli.run(main, get_args_parser())

@@ -23,13 +23,7 @@
 #   6. report: arms table (val / test mean ± std, training FLOPs, differences to a and b with Welch's p and a
 #      bootstrap 95% interval), accuracy vs compute, the calibration figure
 # Every budget below can be overridden from the environment (tests/test_converged_study.py runs it on digits).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-
-PY=${PY:-python}
-M=${M:-resnet20}
-DATASET=${DATASET:-CIFAR10}
-DATA_DIR=${DATA_DIR:-data}
+source "$(dirname "$0")/common.sh"  # set -euo pipefail, cd to the repository, PY M DATASET DATA_DIR
 WORK=${WORK:-runs/cifar10_converged}
 RESULTS=${RESULTS:-results/cifar10_converged}
 DENSE=${DENSE:-../shared/data/resnet20_cifar10_dense/ckpt.pth}

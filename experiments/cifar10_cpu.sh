@@ -22,13 +22,7 @@
 # The search's short proxy finetunes (EPISODES x MINI_STEPS steps) only score allocations; the final finetune
 # starts from the regrown, not from the mini-finetuned, weights.
 # Every budget below can be overridden from the environment (the tests run this script on digits).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-
-PY=${PY:-python}
-M=${M:-resnet20}
-DATASET=${DATASET:-CIFAR10}
-DATA_DIR=${DATA_DIR:-data}
+source "$(dirname "$0")/common.sh"  # set -euo pipefail, cd to the repository, PY M DATASET DATA_DIR
 WORK=${WORK:-runs/cifar10_study}
 RESULTS=${RESULTS:-results/cifar10_cpu}
 SEEDS=${SEEDS:-"0 1 2"}

@@ -242,8 +242,9 @@ def test_bad_regrowth_inputs_are_one_line_errors(tmp_path):
     proc = run_script("regrowth_oneshot.py", ["--m_name", "resnet99", "--dataset", "digits"], check=False)
     assert proc.returncode == 2 and "unknown model 'resnet99'" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_script("regrowth_oneshot.py", ["--m_name", "resnet20", "--dataset", "digits", "--work_dir",
-                                              str(tmp_path)], check=False)
+                                              str(tmp_path)], cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "checkpoint not found" in proc.stderr
+    assert os.listdir(tmp_path) == []  # the rejected run made no output folder under ./
     proc = run_script("regrowth_oneshot.py", ["--m_name", "resnet20", "--regrow_step", "1.5"], check=False)
     assert proc.returncode == 2 and "--regrow_step" in proc.stderr
 

@@ -120,7 +120,8 @@ class RuntimeHparams(Hparams):
     compile: bool = flag(None, "run training steps through torch.compile: ~15%% faster resnet20 steps on CPU after a "
                          "one-time compile of ~40-55 s (also BRIDGE_COMPILE=1); pays off for runs of many minutes",
                          action="store_true")
-    seed: int = flag(42, "", type=int)
+    seed: int = flag(42, "random seed: initialisation, data order and augmentation, the controller's sampling (the "
+                     "validation split has its own fixed seed)", type=int)
     deterministic: bool = flag(False, "CUDA: deterministic kernels only (no cuDNN autotuning), so reruns and resumed "
                                "runs repeat the same numbers; slower steps (CPU runs repeat without it)",
                                action="store_true")

@@ -34,9 +34,9 @@ class PretrainHparams(Hparams):
     tv_weights: str = flag(None, "a torchvision model's pretrained weights to start from: DEFAULT or a weights name "
                                  "(e.g. IMAGENET1K_V1), read from the torch hub cache (fetched unless --no_download); "
                                  "tensors whose shape differs (the classifier head) stay freshly initialised")
-    lr: float = flag(0.1, "", type=float)
-    momentum: float = flag(0.9, "", type=float)
-    weight_decay: float = flag(5e-4, "", type=float)
+    lr: float = flag(0.1, "SGD learning rate, cosine-annealed to 0 over --epochs", type=float)
+    momentum: float = flag(0.9, "SGD momentum", type=float)
+    weight_decay: float = flag(5e-4, "SGD weight decay", type=float)
     epochs: int = flag(200, "cosine schedule length and maximum number of epochs", type=int, aliases=("--max_epochs",))
     patience: int = flag(30, "stop after this many epochs without a better val accuracy", type=int)
     resume: bool = flag(False, "continue an interrupted run from last.pth", action="store_true", aliases=("-r",))

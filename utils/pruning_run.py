@@ -26,6 +26,21 @@ from utils.training import adamw_finetune_optimizer, clone_state, evaluate, fine
 
 # Published step budgets (40*313 and 400*313 steps; 313 was meant to be one CIFAR epoch).
 PUBLISHED_STEPS = {"iterative": 40 * 313, "oneshot": 400 * 313}
+# --m_prune spellings (the published 'iterate' too) -> mode
+PRUNING_MODES = {"iterative": "iterative", "iterate": "iterative", "oneshot": "oneshot"}
+
+
+def level_schedule(m_prune, amount_flag, amount, iter_start, iter_end, targets):
+    """The levels a pruning stage produces, checked; PruningPlan's mode, amount, iter_range and targets.
+    iterative: `amount` (the flag `amount_flag`) of what is alive per level, levels iter_start..iter_end;
+    oneshot: each of `targets` pruned directly from the dense model."""
+    mode = PRUNING_MODES[m_prune]
+    cli.check_fraction(amount_flag, amount)
+    for t in targets:
+        cli.check_fraction("--oneshot target", t)
+    if mode == "iterative" and not 1 <= iter_start <= iter_end:
+        raise BridgeError(f"need 1 <= --iter_start <= --iter_end, got {iter_start} and {iter_end}")
+    return {"mode": mode, "amount": amount, "iter_range": (iter_start, iter_end), "targets": list(targets)}
 
 
 @dataclass(frozen=True)
@@ -37,8 +52,8 @@ class LevelFinetuneHparams(Hparams):
     finetune_epochs: float = flag(None, "finetune length per level in epochs", type=float)
     finetune_steps: int = flag(None, "finetune length per level in optimizer steps (default: the published 12,520 / "
                                "125,200)", type=int)
-    lr: float = flag(3e-4, "", type=float)
-    weight_decay: float = flag(0.01, "", type=float)
+    lr: float = flag(3e-4, "AdamW learning rate of the finetune after each level", type=float)
+    weight_decay: float = flag(0.01, "AdamW weight decay of the finetune after each level", type=float)
     patience: int = flag(50, "finetune early stop after this many evaluations without gain", type=int)
     eval_every: int = flag(None, "evaluate (and keep the best state) every this many finetune steps instead of every "
                            "epoch; each evaluation is a row of {level}_evals.jsonl (the accuracy-vs-steps curve)",
@@ -132,11 +147,12 @@ def run_pruning(hp, plan, record):
     data = cli.build_data(hp.data, seed, device, m_name)
     log(data.describe() + f" | device {device} | precision {precision.name}")
     dense_path = hp.source.dense_path()
-    out_dir = cli.check_writable(os.path.join(hp.source.work_dir, m_name, plan.folder))
-    log_path = os.path.join(out_dir, "prune_log.jsonl")
     steps = ft.steps(plan.mode, len(data.train))
     check_eval_grid(ft.eval_every, ft.save_at, steps)
     dense_model, _ = model_from_checkpoint(dense_path, m_name, expect="dense", trust_pickle=hp.source.trust_pickle)
+    # the output folder once the inputs are known good: a rejected run leaves no empty folder behind
+    out_dir = cli.check_writable(os.path.join(hp.source.work_dir, m_name, plan.folder))
+    log_path = os.path.join(out_dir, "prune_log.jsonl")
     model = to_device(plan.granularity.add_masks(dense_model), device, precision)
     dense_state = clone_state(model)  # all-ones masks: every one-shot target restarts from it
     macs = MacCounter(model, data.spec.image_size)

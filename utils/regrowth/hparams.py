@@ -66,16 +66,17 @@ class ControllerHparams(Hparams):
     group = "controller"
 
     learning_rate: float = flag(3e-4, "controller Adam learning rate", type=float)
-    hidden_size: int = flag(64, "", type=int)
-    start_beta: float = flag(0.40, "", type=float)
-    end_beta: float = flag(0.04, "", type=float)
-    decay_fraction: float = flag(0.4, "", type=float)
+    hidden_size: int = flag(64, "LSTM controller hidden units", type=int)
+    start_beta: float = flag(0.40, "entropy bonus weight β at the first episode", type=float)
+    end_beta: float = flag(0.04, "entropy bonus weight β after the decay", type=float)
+    decay_fraction: float = flag(0.4, "fraction of the episodes over which β decays linearly", type=float)
     reward_temperature: float = flag(0.005, "advantage scale τ (where used)", type=float)
     entropy_coef: float = flag(0.5, "accepted for compatibility (unused, as published)", type=float)
-    early_stop_patience: int = flag(50, "", type=int)
-    min_epochs: int = flag(50, "", type=int)
-    reward_std_threshold: float = flag(0.002, "", type=float)
-    reward_window_size: int = flag(20, "", type=int)
+    early_stop_patience: int = flag(50, "stop the search after this many episodes without a better reward", type=int)
+    min_epochs: int = flag(50, "episodes before the reward-std stop may end the search", type=int)
+    reward_std_threshold: float = flag(0.002, "stop once the std of the last --reward_window_size rewards is below "
+                                       "this", type=float)
+    reward_window_size: int = flag(20, "rewards in the std window (also the iterative advantage scale)", type=int)
 
     def reinforce_config(self, num_episodes, advantage="temperature", clip=100.0):
         return ReinforceConfig(
@@ -135,7 +136,7 @@ class FinetuneHparams(Hparams):
                            "of every epoch; the evaluations go to final_finetune_evals.jsonl", type=int)
     finetune_scope: str = flag("all", "all: every weight trains; regrown: only the regrown weights change",
                                choices=("all", "regrown"))
-    finetune_lr: float = flag(3e-4, "", type=float)
+    finetune_lr: float = flag(3e-4, "AdamW learning rate of the final finetune", type=float)
 
     def steps(self, steps_per_epoch):
         """--finetune_steps, else --finetune_epochs (None or 0: no finetune) in steps."""
@@ -263,11 +264,13 @@ class IterativeHparams(Hparams):
     initial_ckpt: str = flag(None, "sparse start model (default: the sparsest checkpoint of --baseline_dir)")
     start_sparsity: float = flag(None, "label only (the published run name)", type=float)
     target_sparsity: float = flag(0.9, "stop once the sparsity is at most this", type=float)
-    num_iters: int = flag(10, "", type=int)
-    budget_space_size: int = flag(10, "", type=int)
-    alloc_space_size: int = flag(10, "", type=int)
-    min_budget_frac: float = flag(0.001, "", type=float)
-    max_budget_frac: float = flag(0.01, "", type=float)
+    num_iters: int = flag(10, "regrowth iterations (searches) at most", type=int)
+    budget_space_size: int = flag(10, "budget options per iteration, evenly spaced from --min_budget_frac to "
+                                  "--max_budget_frac", type=int)
+    alloc_space_size: int = flag(10, "allocation ratio options per layer", type=int)
+    min_budget_frac: float = flag(0.001, "smallest per-iteration budget, a fraction of all prunable weights",
+                                  type=float)
+    max_budget_frac: float = flag(0.01, "largest per-iteration budget, a fraction of all prunable weights", type=float)
     resume_iter: int = flag(None, "restart at this iteration from iter_{k-1}/best_grown_model.pth (default with "
                             "--resume: after the last finished iteration)", type=int)
 

@@ -67,10 +67,10 @@ def run_iterative(hp, loop, kind_cls, *, record, baseline_dir, run_dir, script, 
     curve = load_pruning_curve(baseline_dir)
     sparse_path = loop.initial_ckpt or curve.sources[-1]
     cli.print_args(record, script)
-    cli.check_writable(run_dir)
     log(curve.describe() + f" from {baseline_dir}")
     t_run = time.perf_counter()
     setup, current, _ = prepare(hp, sparse_path, record)
+    cli.check_writable(run_dir)  # after the checkpoints load: a rejected run leaves no empty folder behind
     start_masks = weight_masks(current)  # what every iteration's regrowth is measured from
     kind = kind_cls(setup)
     iter_log = os.path.join(run_dir, "iterations.jsonl")

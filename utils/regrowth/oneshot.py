@@ -33,10 +33,10 @@ def run_oneshot(hp, kind_cls, *, record, sparse_path, out_dir, requested, refere
     shape: the controller's PolicyShape; acc_baseline: episodes above this accuracy (a fraction) are saved.
     """
     cli.print_args(record, script)
-    cli.check_writable(out_dir)
     t_run = time.perf_counter()
     search, m_name, seed = hp.search, hp.source.m_name, hp.runtime.seed
     setup, sparse, _ = prepare(hp, sparse_path, record)
+    cli.check_writable(out_dir)  # after the checkpoints load: a rejected run leaves no empty folder behind
     kind = kind_cls(setup)
     want = requested(setup, kind)
     space = kind.search_space(sparse, top_up_to=want if shape.top_up else None)
