@@ -142,3 +142,25 @@ def test_pretrain_resume_state_records_and_checks_its_data_set(tmp_path):
     assert TrainingState.restore(path, "resnet20", "digits", *fresh()).epoch == 3
     with pytest.raises(CheckpointError, match="was trained on 'digits', not 'CIFAR10'"):
         TrainingState.restore(path, "resnet20", "CIFAR10", *fresh())
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_get_the_umask_permissions(tmp_path, umask):
+    """Checkpoints and sparse files are written through a temporary file (0600 as created); the finished file
+    has what a plain open() gives under the umask, so a collaborator can read it where the umask allows."""
+    from utils.granularity import WEIGHTS
+    from utils.sparse_file import write_sparse
+
+    old = os.umask(umask)
+    try:
+        plain = tmp_path / "plain"
+        plain.write_bytes(b"")
+        ckpt = save_checkpoint(tmp_path / "c.pth", _sparse_resnet20(), "resnet20", "CIFAR10", "prune")
+        write_sparse(str(tmp_path / "s.safetensors"), _sparse_resnet20(), "resnet20", WEIGHTS.name)
+    finally:
+        os.umask(old)
+    want = 0o666 & ~umask
+    assert os.stat(plain).st_mode & 0o777 == want
+    assert os.stat(ckpt).st_mode & 0o777 == want
+    assert os.stat(tmp_path / "s.safetensors").st_mode & 0o777 == want
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pth", "plain", "s.safetensors"]  # no temporary left

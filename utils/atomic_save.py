@@ -8,6 +8,16 @@ import torch
 from utils.errors import CheckpointError
 
 
+def replace_with(tmp, path):
+    """Rename the finished temporary file `tmp` over `path`, with the permissions a plain open() would have
+    given it: mkstemp and safetensors create files readable by their owner only (0600), which a collaborator
+    on a shared machine cannot read."""
+    mask = os.umask(0)  # reading the umask means setting it; put back at once
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
+    os.replace(tmp, path)
+
+
 def atomic_torch_save(obj, path):
     """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
 
@@ -27,7 +37,7 @@ def atomic_torch_save(obj, path):
             torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        replace_with(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

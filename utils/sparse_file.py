@@ -25,6 +25,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from utils.atomic_save import replace_with
 from utils.errors import BridgeError, UnknownChoiceError
 from utils.masks import has_mask, prunable_modules
 
@@ -92,7 +93,7 @@ def write_sparse(path, model, m_name, granularity, storage="bitmask", value_dtyp
               "value_dtype": value_dtype, "layout": json.dumps(meta, sort_keys=True)}
     tmp = f"{path}.tmp"
     save_file(tensors, tmp, metadata=header)
-    os.replace(tmp, path)  # atomic: a reader never sees half a file
+    replace_with(tmp, path)  # atomic: a reader never sees half a file
     return sum(t.numel() * t.element_size() for t in tensors.values()), header_bytes(path)
 
 
