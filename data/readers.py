@@ -1,5 +1,6 @@
 """Raw data: every data set becomes uint8 images (N, 3, H, W) + int64 labels, or lists of image files,
 and the fixed-seed train / validation split. The user's folders are only read."""
+import importlib.util
 import os
 import socket
 
@@ -95,18 +96,34 @@ def load_cifar10_arrays(data_dir, download=True):
     return (*to_tensor(train), *to_tensor(test))
 
 
+def digits_images_and_labels():
+    """scikit-learn's bundled digits as float64 (1797, 8, 8) images in 0..16 and int labels.
+
+    Read straight from the package's digits.csv.gz (64 pixels then the label per row, what load_digits
+    parses) when that file is where scikit-learn keeps it: importing sklearn costs ~1.1 s, paid by
+    every stage on the demo data. Any other layout goes through sklearn.datasets.load_digits.
+    """
+    spec = importlib.util.find_spec("sklearn")  # locates the package without importing it
+    csv = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz") if spec else None
+    if csv and os.path.isfile(csv):
+        rows = np.loadtxt(csv, delimiter=",")
+        return rows[:, :-1].reshape(-1, 8, 8), rows[:, -1].astype(int)
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return digits.images, digits.target
+
+
 def load_digits_arrays(test_fraction=0.2, seed=0):
     """scikit-learn's bundled 8x8 digits (1,797 real images), upscaled to 32x32x3 uint8.
 
     scikit-learn has no official test split: a fixed permutation (seed 0) puts 20% aside.
     """
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.from_numpy(digits.images).float().unsqueeze(1) / 16.0  # (N, 1, 8, 8) in [0, 1]
+    images, labels = digits_images_and_labels()
+    x = torch.from_numpy(images).float().unsqueeze(1) / 16.0  # (N, 1, 8, 8) in [0, 1]
     x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
     x = (x.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
-    y = torch.from_numpy(digits.target).long()
+    y = torch.from_numpy(labels).long()
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     n_test = int(round(test_fraction * len(y)))
     test_idx, train_idx = perm[:n_test], perm[n_test:]

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from data.data_loader import data_loader
-from data.readers import split_indices
+from data.readers import digits_images_and_labels, split_indices
 from data.specs import CIFAR10_CLASSES, SPECS
 from data.tensor_loader import TensorLoader, augment_batch
 from data.torch_loader import torchvision_transforms
@@ -126,6 +126,15 @@ def test_digits_is_embedded():
     assert data.sizes["train"] + data.sizes["val"] + data.sizes["test"] == 1797
     x, y = next(iter(data.train))
     assert x.shape == (64, 3, 32, 32) and y.max() < 10
+
+
+def test_digits_read_from_the_bundled_file_equal_scikit_learns_loader():
+    from sklearn.datasets import load_digits
+
+    images, labels = digits_images_and_labels()
+    reference = load_digits()
+    assert images.dtype == reference.images.dtype and np.array_equal(images, reference.images)
+    assert np.array_equal(labels, reference.target) and labels.dtype.kind == "i"
 
 
 def test_missing_data_is_one_clear_error(tmp_path):

@@ -56,7 +56,9 @@ def configure_backends(deterministic=False):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = not deterministic
     torch.backends.cudnn.deterministic = deterministic
-    torch.use_deterministic_algorithms(deterministic)
+    if deterministic or torch.are_deterministic_algorithms_enabled():
+        # the call imports torch._inductor (1.7 s a process here); off is torch's default, so skip it then
+        torch.use_deterministic_algorithms(deterministic)
     if torch.cuda.is_available():
         use_ieee_fp32()  # scripts that never resolve a precision (fp32 only) run IEEE fp32 too
 
