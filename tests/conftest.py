@@ -88,10 +88,53 @@ def tiny_net():
     return TinyNet()
 
 
+_WARM_PYTHON = []  # [the command standing in for `python`] once this test process has started its server
+
+
+def stage_python():
+    """The `python` the stage processes run under: a client of this test process's warm server
+    (tests/warm_python.py: torch and the other third-party modules imported once, a fresh fork per run), or the
+    plain interpreter under BRIDGE_TEST_COLD=1 or where the server cannot start. Same argv, folder, environment,
+    streams and exit status either way."""
+    if os.environ.get("BRIDGE_TEST_COLD") == "1":
+        return sys.executable
+    if not _WARM_PYTHON:
+        _WARM_PYTHON.append(_start_warm_python())
+    return _WARM_PYTHON[0]
+
+
+def _start_warm_python():
+    import shlex
+
+    folder = tempfile.mkdtemp(prefix="bridge-warm-python-")
+    sock = os.path.join(folder, "socket")
+    helper = os.path.join(ROOT, "tests", "warm_python.py")
+    server = subprocess.Popen([sys.executable, helper, "serve", sock], env=dict(os.environ, PYTHONPATH=ROOT),
+                              stdout=subprocess.PIPE, text=True, start_new_session=True, cwd=folder)
+
+    def stop():
+        try:
+            os.killpg(server.pid, 9)
+        except ProcessLookupError:
+            pass
+        server.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+    atexit.register(stop)
+    if server.stdout.readline().strip() != "ready":
+        return sys.executable
+    # one word, so that a study script's unquoted $PY and subprocess argv take it alike
+    wrapper = os.path.join(folder, "python")
+    with open(wrapper, "w") as f:
+        f.write(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(helper)} client {shlex.quote(sock)} \"$@\"\n")
+    os.chmod(wrapper, 0o755)
+    return wrapper
+
+
 def run_script(script, args, cwd=None, check=True, timeout=600, env=None):
     """Run a stage script through the shell, as a user would; returns the CompletedProcess."""
     full_env = dict(os.environ, PYTHONPATH=ROOT, BRIDGE_PROGRESS="0", **(env or {}))
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=cwd or ROOT,
+    proc = subprocess.run([stage_python(), os.path.join(ROOT, script), *map(str, args)], cwd=cwd or ROOT,
                           capture_output=True, text=True, timeout=timeout, env=full_env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -101,7 +144,7 @@ def run_script(script, args, cwd=None, check=True, timeout=600, env=None):
 def run_study(study, tmp_path, env, timeout):
     """Run `experiments/<study>` through bash with WORK and RESULTS under tmp_path and the budgets in `env`, as a
     user would; returns its stdout."""
-    full_env = dict(os.environ, PY=sys.executable, PYTHONPATH=ROOT, WORK=str(tmp_path / "work"),
+    full_env = dict(os.environ, PY=stage_python(), PYTHONPATH=ROOT, WORK=str(tmp_path / "work"),
                     RESULTS=str(tmp_path / "results"), **env)
     proc = subprocess.run(["bash", os.path.join(ROOT, "experiments", study)], cwd=ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
