@@ -128,7 +128,14 @@ def _start_warm_python():
     with open(wrapper, "w") as f:
         f.write(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(helper)} client {shlex.quote(sock)} \"$@\"\n")
     os.chmod(wrapper, 0o755)
-    return wrapper
+    probe = os.path.join(folder, "probe.py")
+    with open(probe, "w") as f:
+        f.write("print('warm')\n")
+    try:  # a machine where the server cannot run (no pidfd, no fd passing) gets plain processes
+        ok = subprocess.run([wrapper, probe], capture_output=True, text=True, timeout=60).stdout == "warm\n"
+    except (OSError, subprocess.SubprocessError):
+        ok = False
+    return wrapper if ok else sys.executable
 
 
 def run_script(script, args, cwd=None, check=True, timeout=600, env=None):
