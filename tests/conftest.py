@@ -1,8 +1,11 @@
 """Shared fixtures: small models, tiny data folders, and helpers that run the stage scripts."""
 import atexit
+import functools
 import importlib.util
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -88,9 +91,6 @@ def tiny_net():
     return TinyNet()
 
 
-_WARM_PYTHON = []  # [the command standing in for `python`] once this test process has started its server
-
-
 def stage_python():
     """The `python` the stage processes run under: a client of this test process's warm server
     (tests/warm_python.py: torch and the other third-party modules imported once, a fresh fork per run), or the
@@ -98,14 +98,11 @@ def stage_python():
     streams and exit status either way."""
     if os.environ.get("BRIDGE_TEST_COLD") == "1":
         return sys.executable
-    if not _WARM_PYTHON:
-        _WARM_PYTHON.append(_start_warm_python())
-    return _WARM_PYTHON[0]
+    return _start_warm_python()
 
 
+@functools.cache  # one server per test process, started by its first stage run
 def _start_warm_python():
-    import shlex
-
     folder = tempfile.mkdtemp(prefix="bridge-warm-python-")
     sock = os.path.join(folder, "socket")
     helper = os.path.join(ROOT, "tests", "warm_python.py")
@@ -114,7 +111,7 @@ def _start_warm_python():
 
     def stop():
         try:
-            os.killpg(server.pid, 9)
+            os.killpg(server.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         server.wait()

@@ -15,6 +15,10 @@ sets the thread count from OMP_NUM_THREADS as a fresh torch would.
 A request that is not `script.py ...` (`-c`, `-m`, no socket) runs in the real interpreter instead, so the
 client can stand in for `python` anywhere.
 """
+import atexit
+import importlib
+import importlib.machinery
+import io
 import json
 import os
 import select
@@ -22,6 +26,9 @@ import signal
 import socket
 import struct
 import sys
+import threading
+import traceback
+import types
 
 _HEADER = struct.Struct("!Q")
 _STATUS = struct.Struct("!i")
@@ -44,14 +51,18 @@ def _recv_exactly(conn, n):
 
 # ---- client ----------------------------------------------------------------------------------------------------
 
+def _become_plain_python(argv):
+    os.execv(sys.executable, [sys.executable, *argv])
+
+
 def client(sock_path, argv):
     if not argv or argv[0].startswith("-") or not os.path.exists(sock_path):
-        os.execv(sys.executable, [sys.executable, *argv])
+        _become_plain_python(argv)
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.connect(sock_path)
     except OSError:  # the server is gone: a cold process does the same job
-        os.execv(sys.executable, [sys.executable, *argv])
+        _become_plain_python(argv)
     umask = os.umask(0o022)
     os.umask(umask)
     payload = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": umask}).encode()
@@ -74,12 +85,9 @@ def client(sock_path, argv):
 # ---- server ----------------------------------------------------------------------------------------------------
 
 def serve(sock_path):
-    import importlib
-
     base_path = [p for p in sys.path[1:] if p not in os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    os.environ.setdefault("MPLBACKEND", "Agg")  # what utils/plots.py selects; a display-less server
     for name in WARM_MODULES:
-        if name.startswith("matplotlib"):
-            os.environ.setdefault("MPLBACKEND", "Agg")
         try:
             importlib.import_module(name)
         except ImportError:
@@ -138,11 +146,6 @@ def _handle(conn, base_path):
 
 def _run(request, fds, base_path):
     """The child: become `python script.py args` in the caller's folder and environment; never returns."""
-    import importlib.machinery
-    import io
-    import traceback
-    import types
-
     os.setpgid(0, 0)  # its own group, so that a run's own children go down with it
     for target, fd in zip((0, 1, 2), fds):
         os.dup2(fd, target)
@@ -186,9 +189,6 @@ def _run(request, fds, base_path):
         traceback.print_exc()
         code = 1
     try:
-        import atexit
-        import threading
-
         threading._shutdown()
         atexit._run_exitfuncs()
         sys.stdout.flush()
